@@ -1,0 +1,92 @@
+"""Quantized compute layers: Conv2d and Linear with folded BN, fake-quant weights and int32 bias.
+
+The bias is quantized as ONNX QDQ requires for integer fusion (QLinearConv):
+``bias_scale = s_in * s_w[c]``, codes ``round(b / bias_scale)`` clamped to int32, zero_point 0.
+``s_in`` comes from the quantizer that produced the layer's input, linked at rewrite
+time (``input_quant``; not a registered submodule, so it is not saved twice).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .fake_quant import fake_quantize, quantize
+from .quantizers import IntWeightPerChannelFloat, _ActPerTensorFloat
+
+INT32_MIN, INT32_MAX = -(2 ** 31), 2 ** 31 - 1
+
+
+class _QuantLayer(nn.Module):
+    """Float weight + bias (BN folded), a per-channel weight quantizer, a link to the input quantizer."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, wbits: int):
+        super().__init__()
+        self.weight = nn.Parameter(weight.detach().clone().float())
+        b = torch.zeros(weight.shape[0]) if bias is None else bias.detach().clone().float()
+        self.bias = nn.Parameter(b)
+        self.weight_quant = IntWeightPerChannelFloat(wbits, weight.shape[0], axis=0)
+        self.weight_quant.init_from(self.weight)
+        self._input_quant: _ActPerTensorFloat | None = None
+        #: "first", "last", "first+last" or "" — set by the rewrite
+        self.role = ""
+
+    def link_input_quant(self, q: _ActPerTensorFloat | None) -> None:
+        object.__setattr__(self, "_input_quant", q)
+
+    @property
+    def input_quant(self) -> _ActPerTensorFloat | None:
+        return self._input_quant
+
+    def bias_scale(self) -> torch.Tensor | None:
+        """``s_in * s_w`` (float32, shape (Cout,)), or None when the input or weights are not quantized."""
+        q = self._input_quant
+        if q is None or q.mode != "quant" or self.weight_quant.mode != "quant":
+            return None
+        return q.effective_scale() * self.weight_quant.effective_scale()
+
+    def quant_weight(self) -> torch.Tensor:
+        return self.weight_quant(self.weight)
+
+    def quant_bias(self) -> torch.Tensor:
+        s = self.bias_scale()
+        if s is None:
+            return self.bias
+        return fake_quantize(self.bias, s, torch.zeros_like(s), INT32_MIN, INT32_MAX)
+
+    @torch.no_grad()
+    def int_bias(self) -> torch.Tensor:
+        """int32 codes of the bias (Cout,), with scale :meth:`bias_scale`."""
+        s = self.bias_scale()
+        return quantize(self.bias, s, torch.zeros_like(s), INT32_MIN, INT32_MAX).to(torch.int32)
+
+
+class QuantConv2d(_QuantLayer):
+    """Conv2d on fake-quantized weights/bias. Input (N,Cin,H,W) float32 → output (N,Cout,H',W')."""
+
+    def __init__(self, weight, bias, wbits, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1):
+        super().__init__(weight, bias, wbits)
+        self.stride = tuple(stride)
+        self.padding = tuple(padding)
+        self.dilation = tuple(dilation)
+        self.groups = int(groups)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.quant_weight(), self.quant_bias(), self.stride, self.padding,
+                        self.dilation, self.groups)
+
+    def extra_repr(self) -> str:
+        return (f"{self.weight.shape[1] * self.groups}, {self.weight.shape[0]}, "
+                f"kernel={tuple(self.weight.shape[2:])}, stride={self.stride}, padding={self.padding}, "
+                f"groups={self.groups}, role={self.role!r}")
+
+
+class QuantLinear(_QuantLayer):
+    """Linear on fake-quantized weights/bias. Input (N,in) float32 → output (N,out)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.quant_weight(), self.quant_bias())
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.shape[1]}, {self.weight.shape[0]}, role={self.role!r}"

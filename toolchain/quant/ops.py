@@ -1,0 +1,70 @@
+"""The ATen operator vocabulary of the rewrite, by role.
+
+torch.export produces graphs of ATen ops (``torch.ops.aten.conv2d.default`` …). The
+rewrite and the ONNX writer need to know, per op, its role in the quantized model:
+
+- ``COMPUTE``: ops whose inputs must be quantized and whose outputs are quantized
+  (Conv, Linear, Add, Concat, pooling that averages) — in ONNX they become
+  QLinearConv / QGemm / QLinearAdd / QLinearConcat / QLinearGlobalAveragePool.
+- ``ACTIVATION``: ReLU/ReLU6-like clamps, absorbed into the quantizer that follows.
+- ``TRANSPARENT``: ops that keep values on the input's integer grid (reshape, slice,
+  zero padding, max-pooling, dropout in eval): no quantizer needed after them.
+- ``IDENTITY``: ops that do nothing at inference (dropout in eval, clone, alias);
+  removed by the rewrite.
+Everything else is a float op: it runs between a DequantizeLinear and a QuantizeLinear.
+"""
+
+from __future__ import annotations
+
+import torch
+
+aten = torch.ops.aten
+
+CONV = {aten.conv2d.default}
+LINEAR = {aten.linear.default}
+BATCH_NORM = {aten.batch_norm.default, aten._native_batch_norm_legit_no_training.default}
+ADD = {aten.add.Tensor, aten.add_.Tensor}
+CAT = {aten.cat.default}
+AVG_POOL = {aten.avg_pool2d.default, aten.adaptive_avg_pool2d.default, aten.mean.dim}
+MAX_POOL = {aten.max_pool2d.default}
+RELU = {aten.relu.default, aten.relu_.default}
+HARDTANH = {aten.hardtanh.default, aten.hardtanh_.default, aten.clamp.default}
+RESHAPE = {aten.flatten.using_ints, aten.view.default, aten.reshape.default,
+           aten._unsafe_view.default, aten.squeeze.dims, aten.squeeze.dim, aten.unsqueeze.default}
+SLICE = {aten.slice.Tensor}
+PAD = {aten.pad.default, aten.constant_pad_nd.default}
+IDENTITY = {aten.dropout.default, aten.clone.default, aten.alias.default, aten.contiguous.default,
+            aten.detach.default, aten.feature_dropout.default}
+
+COMPUTE = CONV | LINEAR | ADD | CAT | AVG_POOL
+ACTIVATION = RELU | HARDTANH
+TRANSPARENT_BASE = RESHAPE | SLICE | MAX_POOL
+
+
+def is_zero_pad(node) -> bool:
+    """True for constant padding with value 0 (keeps values on any grid that contains 0)."""
+    if node.target is aten.constant_pad_nd.default:
+        value = node.args[2] if len(node.args) > 2 else node.kwargs.get("value", 0)
+        return float(value) == 0.0
+    if node.target is aten.pad.default:
+        mode = node.args[2] if len(node.args) > 2 else node.kwargs.get("mode", "constant")
+        value = node.args[3] if len(node.args) > 3 else node.kwargs.get("value", None)
+        return mode == "constant" and (value is None or float(value) == 0.0)
+    return False
+
+
+def is_transparent(node) -> bool:
+    """True when the op's output values lie on the integer grid of its (first) input."""
+    return node.op == "call_function" and (node.target in TRANSPARENT_BASE or is_zero_pad(node))
+
+
+def clamp_bounds(node) -> tuple[float | None, float | None]:
+    """(min, max) of a ReLU/ReLU6/hardtanh/clamp node."""
+    if node.target in RELU:
+        return 0.0, None
+    lo = node.args[1] if len(node.args) > 1 else node.kwargs.get("min", -1.0)
+    hi = node.args[2] if len(node.args) > 2 else node.kwargs.get("max", 1.0)
+    if node.target is aten.clamp.default:
+        lo = node.args[1] if len(node.args) > 1 else node.kwargs.get("min")
+        hi = node.args[2] if len(node.args) > 2 else node.kwargs.get("max")
+    return (None if lo is None else float(lo)), (None if hi is None else float(hi))

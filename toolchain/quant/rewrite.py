@@ -1,0 +1,370 @@
+"""Graph rewrite: FP torch.export program → :class:`QuantizedModel` (the deploy scheme).
+
+Works on any CNN that torch.export can trace (not only zoo classes). Steps, on the
+ATen graph of ``ExportedProgram.module()``:
+
+1. clean: drop the export guard call, eval-mode dropout, clones and aliases;
+2. fold every BatchNorm that follows a Conv/Linear into it (:mod:`.fold`);
+3. replace Conv/Linear calls by :class:`QuantConv2d` / :class:`QuantLinear` modules
+   (per-channel weight quantizers, int32 bias);
+4. insert per-tensor activation quantizers so that every tensor entering a COMPUTE op
+   (Conv, Linear, Add, Concat, average pooling) lies on an integer grid — the network input
+   included — and every COMPUTE output is quantized (after the ReLU/ReLU6 that follows it,
+   if any, so the quantizer is unsigned with zero_point 0 there). Ops that keep values
+   on their input's grid (reshape, slice, zero padding, max pooling) need no quantizer;
+5. bit widths: the first and last Conv/Linear layers (no Conv/Linear before / after
+   them) get ``first_last_bits`` for their weights and input activations, and so do
+   the network input and the logits; everything else ``wbits``/``abits``.
+
+The FP program is not modified.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import operator
+import re
+
+import torch
+from torch import fx
+
+from ..errors import UnsupportedModelError
+from . import ops
+from .fold import fold_bn
+from .layers import QuantConv2d, QuantLinear, _QuantLayer
+from .model import QuantizedModel
+from .quantizers import ShiftedUintActPerTensorFloat, UintActPerTensorFloat
+from .scheme import QuantScheme
+
+ACT_QUANT_PREFIX = "act_quant"
+
+
+def get_attr_value(gm: torch.nn.Module, target: str) -> torch.Tensor:
+    """The tensor behind a ``get_attr`` target such as ``"layer1.0.conv1.weight"``."""
+    return functools.reduce(getattr, target.split("."), gm)
+
+
+def fp_graph_module(program) -> fx.GraphModule:
+    """A fresh, cleaned, eval-mode GraphModule of an ExportedProgram (or a copy of a GraphModule)."""
+    gm = program.module() if hasattr(program, "module") and not isinstance(program, fx.GraphModule) \
+        else copy.deepcopy(program)
+    clean_graph(gm)
+    return gm
+
+
+def clean_graph(gm: fx.GraphModule) -> None:
+    """Remove the export guard call and inference no-ops (dropout in eval, clone, alias) in place."""
+    g = gm.graph
+    for n in list(g.nodes):
+        if n.op == "call_module" and n.target == "_guards_fn":
+            g.erase_node(n)
+        elif n.op == "call_function" and n.target in ops.IDENTITY:
+            if n.target in (ops.aten.dropout.default, ops.aten.feature_dropout.default) and \
+                    len(n.args) > 2 and n.args[2]:
+                raise UnsupportedModelError(
+                    f"node {n.name} is dropout in training mode",
+                    "export the model after model.eval()")
+            n.replace_all_uses_with(n.args[0])
+            g.erase_node(n)
+    g.eliminate_dead_code()
+    gm.recompile()
+
+
+def _bn_node_args(bn: fx.Node):
+    """(input, weight, bias, running_mean, running_var, eps) of a BN node."""
+    a = list(bn.args)
+    if bn.target is ops.aten.batch_norm.default:
+        return a[0], a[1], a[2], a[3], a[4], float(a[7])
+    return a[0], a[1], a[2], a[3], a[4], float(a[6])
+
+
+def _bn_output(bn: fx.Node) -> list[fx.Node]:
+    """Nodes that carry the BN output (the node itself, or getitem(…, 0) of the legit op)."""
+    if bn.target is ops.aten.batch_norm.default:
+        return [bn]
+    return [u for u in bn.users if u.target is operator.getitem and u.args[1] == 0]
+
+
+def _val(gm, node):
+    return None if node is None else get_attr_value(gm, node.target).detach()
+
+
+def _module_path(weight_node: fx.Node, taken: set[str]) -> str:
+    path = weight_node.target.rsplit(".", 1)[0] if "." in weight_node.target else weight_node.target
+    base, i = path, 1
+    while path in taken:
+        path = f"{base}_{i}"
+        i += 1
+    taken.add(path)
+    return path
+
+
+def _replace_layers(gm: fx.GraphModule, scheme: QuantScheme) -> dict[fx.Node, _QuantLayer]:
+    """Fold BN into Conv/Linear and swap them for quantized layer modules; returns node → layer."""
+    g = gm.graph
+    layers: dict[fx.Node, _QuantLayer] = {}
+    taken: set[str] = set()
+    for n in list(g.nodes):
+        if n.op != "call_function" or n.target not in ops.CONV | ops.LINEAR:
+            continue
+        x, w_node = n.args[0], n.args[1]
+        b_node = n.args[2] if len(n.args) > 2 else n.kwargs.get("bias")
+        if not (isinstance(w_node, fx.Node) and w_node.op == "get_attr") or \
+                (b_node is not None and getattr(b_node, "op", None) != "get_attr"):
+            raise UnsupportedModelError(
+                f"layer {n.name}: its weight is computed in the graph, not a parameter",
+                "zqtool quantizes Conv/Linear layers with constant weights")
+        w, b = _val(gm, w_node), _val(gm, b_node)
+        bn_prior = None
+        users = list(n.users)
+        if len(users) == 1 and users[0].target in ops.BATCH_NORM:
+            bn = users[0]
+            _, gamma, beta, mean, var, eps = _bn_node_args(bn)
+            gamma, beta = _val(gm, gamma), _val(gm, beta)
+            w, b = fold_bn(w, b, gamma, beta, _val(gm, mean), _val(gm, var), eps)
+            cout = w.shape[0]
+            bn_prior = (torch.zeros(cout) if beta is None else beta.float(),
+                        torch.ones(cout) if gamma is None else gamma.float().abs())
+            for out in _bn_output(bn):
+                out.replace_all_uses_with(n)
+                g.erase_node(out)
+            if bn.target is not ops.aten.batch_norm.default:
+                g.erase_node(bn)
+        if n.target in ops.CONV:
+            a = list(n.args) + [None] * (7 - len(n.args))
+            stride, padding, dilation, groups = (a[3] or [1, 1]), (a[4] or [0, 0]), (a[5] or [1, 1]), (a[6] or 1)
+            if isinstance(padding, str):
+                raise UnsupportedModelError(f"layer {n.name}: padding={padding!r} is not supported",
+                                            "use explicit integer padding in the model")
+            layer = QuantConv2d(w, b, scheme.wbits, _pair(stride), _pair(padding), _pair(dilation), groups)
+        else:
+            layer = QuantLinear(w, b, scheme.wbits)
+        if bn_prior is not None:
+            layer.register_buffer("bn_mean", bn_prior[0], persistent=False)
+            layer.register_buffer("bn_std", bn_prior[1], persistent=False)
+        path = _module_path(w_node, taken)
+        gm.add_submodule(path, layer)
+        with g.inserting_before(n):
+            new = g.call_module(path, (x,))
+        new.meta = dict(n.meta)
+        n.replace_all_uses_with(new)
+        g.erase_node(n)
+        layers[new] = layer
+    g.eliminate_dead_code()
+    return layers
+
+
+def _pair(v):
+    v = list(v) if isinstance(v, (list, tuple)) else [v]
+    return tuple(v * 2 if len(v) == 1 else v)
+
+
+def _is_compute(n: fx.Node, layers) -> bool:
+    return n in layers or (n.op == "call_function" and n.target in ops.COMPUTE)
+
+
+def _tensor_inputs(n: fx.Node) -> list[fx.Node]:
+    if n.op == "call_function" and n.target in ops.CAT:
+        return [a for a in n.args[0] if isinstance(a, fx.Node)]
+    if n.op == "call_module":
+        return [n.args[0]]
+    if n.target in ops.ADD:
+        return [a for a in n.args[:2] if isinstance(a, fx.Node)]
+    return [n.args[0]]
+
+
+def _nonneg(n: fx.Node, memo: dict) -> bool:
+    """Whether the node's values are known to be >= 0 (so an unsigned, zero_point-0 quantizer fits)."""
+    if n in memo:
+        return memo[n]
+    r = False
+    if n.op == "call_module" and n.target.startswith(ACT_QUANT_PREFIX + "."):
+        r = _nonneg(n.args[0], memo)
+    elif n.op == "call_function":
+        if n.target in ops.ACTIVATION:
+            lo, _ = ops.clamp_bounds(n)
+            r = lo is not None and lo >= 0
+        elif ops.is_transparent(n) or n.target in ops.AVG_POOL:
+            r = _nonneg(n.args[0], memo)
+        elif n.target in ops.ADD:
+            r = all(_nonneg(a, memo) for a in _tensor_inputs(n))
+        elif n.target in ops.CAT:
+            r = all(_nonneg(a, memo) for a in _tensor_inputs(n))
+    memo[n] = r
+    return r
+
+
+def _name_for(n: fx.Node, layers) -> str:
+    """A readable quantizer name: the producing layer's path, else the node name."""
+    src = n
+    while src.op == "call_function" and src.target in ops.ACTIVATION and isinstance(src.args[0], fx.Node):
+        src = src.args[0]
+    if src in layers:
+        return src.target.replace(".", "_")
+    if n.op == "placeholder":
+        return "input"
+    return re.sub(r"\W", "_", n.name)
+
+
+class _Inserter:
+    """Inserts activation quantizers and tracks which node lies on which quantizer's grid."""
+
+    def __init__(self, gm: fx.GraphModule, layers: dict):
+        self.gm, self.g, self.layers = gm, gm.graph, layers
+        self.grid: dict[fx.Node, fx.Node] = {}  # node -> quantizer node whose grid it lies on
+        self.nonneg: dict = {}
+        self.qnodes: dict[fx.Node, fx.Node] = {}  # producer -> its quantizer node
+        self.names: set[str] = set()
+
+    def grid_of(self, n: fx.Node) -> fx.Node | None:
+        if n in self.grid:
+            return self.grid[n]
+        if n.op == "call_function" and (ops.is_transparent(n) or n.target in ops.RELU):
+            g = self.grid_of(n.args[0])
+            if n.target in ops.RELU and g is None:
+                return None
+            return g
+        return None
+
+    def chain_root(self, n: fx.Node) -> fx.Node:
+        """Walk back through grid-preserving ops to the node where a quantizer belongs."""
+        while n.op == "call_function" and ops.is_transparent(n) and isinstance(n.args[0], fx.Node):
+            n = n.args[0]
+        return n
+
+    def quantize_at(self, n: fx.Node) -> fx.Node:
+        if n in self.qnodes:
+            return self.qnodes[n]
+        unsigned = _nonneg(n, self.nonneg)
+        base = _name_for(n, self.layers)
+        name, i = base, 1
+        while name in self.names:
+            name, i = f"{base}_{i}", i + 1
+        self.names.add(name)
+        target = f"{ACT_QUANT_PREFIX}.{name}"
+        cls = UintActPerTensorFloat if unsigned else ShiftedUintActPerTensorFloat
+        self.gm.add_submodule(target, cls(8))
+        with self.g.inserting_after(n):
+            q = self.g.call_module(target, (n,))
+        n.replace_all_uses_with(q, delete_user_cb=lambda u: u is not q)
+        self.qnodes[n] = q
+        self.grid[q] = q
+        self.grid[n] = q
+        return q
+
+    def ensure_input_on_grid(self, a: fx.Node) -> fx.Node:
+        g = self.grid_of(a)
+        if g is not None:
+            return g
+        return self.quantize_at(self.chain_root(a))
+
+    def output_point(self, n: fx.Node) -> fx.Node:
+        """Where a COMPUTE node's output quantizer goes: after a sole-user ReLU/ReLU6 chain."""
+        while len(n.users) == 1:
+            u = next(iter(n.users))
+            if u.op == "call_function" and u.target in ops.ACTIVATION:
+                n = u
+            else:
+                break
+        return n
+
+
+def _layer_roles(layers: dict) -> None:
+    """Mark layers with no Conv/Linear before them 'first' and with none after them 'last'."""
+    def reach(start, forward: bool) -> bool:
+        seen, stack = set(), [start]
+        while stack:
+            n = stack.pop()
+            nxt = list(n.users) if forward else [a for a in n.all_input_nodes]
+            for m in nxt:
+                if m in seen:
+                    continue
+                seen.add(m)
+                if m in layers:
+                    return True
+                stack.append(m)
+        return False
+
+    for node, layer in layers.items():
+        roles = []
+        if not reach(node, forward=False):
+            roles.append("first")
+        if not reach(node, forward=True):
+            roles.append("last")
+        layer.role = "+".join(roles)
+
+
+def _consumers_on_grid(q: fx.Node) -> list[fx.Node]:
+    """COMPUTE/other nodes fed by quantizer node q, looking through grid-preserving ops."""
+    out, stack = [], list(q.users)
+    while stack:
+        u = stack.pop()
+        if u.op == "call_function" and (ops.is_transparent(u) or u.target in ops.RELU):
+            stack.extend(u.users)
+        else:
+            out.append(u)
+    return out
+
+
+def quantize_graph(program, scheme: QuantScheme) -> QuantizedModel:
+    """Build the quantized model of an FP program.
+
+    Args:
+        program: a ``torch.export.ExportedProgram`` (or an FP ``fx.GraphModule``) whose
+            forward takes (N, C, H, W) float32 and returns logits.
+        scheme: bit widths.
+
+    Returns:
+        A :class:`QuantizedModel` whose quantizers are initialized (weights by per-channel
+        max|w|; activations to scale 1 — calibrate them before use).
+
+    Raises:
+        UnsupportedModelError: the graph has no Conv/Linear layer, or a layer whose
+            weight is not a constant, or an op the rewrite cannot place.
+    """
+    gm = fp_graph_module(program)
+    layers = _replace_layers(gm, scheme)
+    if not layers:
+        raise UnsupportedModelError("the model has no Conv2d or Linear layer to quantize")
+    _layer_roles(layers)
+    ins = _Inserter(gm, layers)
+
+    # the network input is always quantized (ARCHITECTURE.md: "the network input included")
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    if len(placeholders) != 1:
+        raise UnsupportedModelError(f"the model takes {len(placeholders)} inputs; zqtool supports one image input")
+    input_q = ins.quantize_at(placeholders[0])
+
+    compute = [n for n in gm.graph.nodes if _is_compute(n, layers)]
+    for n in compute:
+        for a in _tensor_inputs(n):
+            ins.ensure_input_on_grid(a)
+    for n in compute:
+        pt = ins.output_point(n)
+        if ins.grid_of(pt) is None:
+            ins.quantize_at(pt)
+    for n in compute:
+        if n in layers:
+            layers[n].link_input_quant(gm.get_submodule(ins.grid_of(n.args[0]).target))
+
+    # bit widths
+    output_nodes: set[fx.Node] = set()
+    out_node = next(n for n in gm.graph.nodes if n.op == "output")
+    fx.node.map_arg(out_node.args, lambda a: output_nodes.add(a))
+    for n, layer in layers.items():
+        fl = "first" in layer.role or "last" in layer.role
+        layer.weight_quant.bits = scheme.first_last_bits if fl else scheme.wbits
+        layer.weight_quant.init_from(layer.weight)
+    for q, _ in list(ins.qnodes.items()):
+        qn = ins.qnodes[q]
+        mod = gm.get_submodule(qn.target)
+        consumers = _consumers_on_grid(qn)
+        edge = qn is input_q or any(c in layers and layers[c].role for c in consumers) \
+            or any(c in output_nodes or c.op == "output" for c in consumers)
+        mod.bits = scheme.first_last_bits if edge else scheme.abits
+
+    gm.graph.eliminate_dead_code()
+    gm.graph.lint()
+    gm = fx.GraphModule(gm, gm.graph)
+    return QuantizedModel(gm, scheme)

@@ -1,0 +1,65 @@
+"""The deploy quantization scheme: which bit widths go where.
+
+See ARCHITECTURE.md, "The quantized model": weights per-output-channel symmetric
+narrow range, activations per-tensor (unsigned with zero_point 0 after
+ReLU/ReLU6, asymmetric otherwise), every input of Conv/Linear/Add/Concat/Pool
+quantized including the network input, int32 bias, half-to-even rounding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from ..errors import ConfigError
+
+MIN_BITS, MAX_BITS = 2, 8
+
+
+@dataclass(frozen=True)
+class QuantScheme:
+    """Bit widths of a quantized model.
+
+    Attributes:
+        wbits: weight bit width of inner layers (2..8).
+        abits: activation bit width of inner tensors (2..8).
+        first_last_bits: bit width of the first and last Conv/Linear layers' weights,
+            of their input activations (the network input included) and of the
+            output logits. Defaults to 8, the convention of the zero-shot literature.
+
+    Raises:
+        ConfigError: a bit width outside 2..8.
+    """
+
+    wbits: int = 8
+    abits: int = 8
+    first_last_bits: int = 8
+
+    def __post_init__(self):
+        for name in ("wbits", "abits", "first_last_bits"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or not MIN_BITS <= v <= MAX_BITS:
+                raise ConfigError(
+                    f"--{name.replace('_', '-')} must be an integer in {MIN_BITS}..{MAX_BITS}, got {v!r}",
+                    "8-bit containers hold every width up to 8; use --bits 8, 6, 4 or 3",
+                )
+
+    @classmethod
+    def from_bits(cls, bits: int | None = None, wbits: int | None = None,
+                  abits: int | None = None, first_last_bits: int | None = 8) -> "QuantScheme":
+        """Resolve the CLI's ``--bits/--wbits/--abits/--first-last-bits``: specific flags win."""
+        b = 8 if bits is None else bits
+        w = b if wbits is None else wbits
+        a = b if abits is None else abits
+        fl = 8 if first_last_bits is None else first_last_bits
+        return cls(wbits=w, abits=a, first_last_bits=fl)
+
+    @property
+    def tag(self) -> str:
+        """Short name such as ``w4a4`` (``-fl8`` suffix when first/last differ)."""
+        t = f"w{self.wbits}a{self.abits}"
+        if self.first_last_bits not in (self.wbits,) or self.first_last_bits != self.abits:
+            t += f"-fl{self.first_last_bits}"
+        return t
+
+    def to_dict(self) -> dict:
+        return asdict(self)
