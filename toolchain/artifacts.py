@@ -1,0 +1,96 @@
+"""Content-keyed, atomically written stage artifacts.
+
+A stage's output lives in ``<root>/<stage>/<key>/`` where ``key`` hashes everything the
+output depends on (input artifact key, method, full config, seed, tool version). A stage
+whose directory exists is complete and is reused; work happens in a temporary sibling
+directory renamed into place at the end, so an interrupted stage leaves no half-written
+artifact. Each directory holds ``config.json`` saying how it was made.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+
+KEY_LEN = 16
+
+
+def canonical_json(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def content_key(payload: dict) -> str:
+    """sha256 (hex, first 16 characters) of the canonical JSON of ``payload`` + tool version."""
+    body = canonical_json({"zqtool": __version__, **payload})
+    return hashlib.sha256(body.encode()).hexdigest()[:KEY_LEN]
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    """sha256 hex digest of a file, streamed."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    """Write JSON atomically (temp file in the same directory + os.replace)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2, sort_keys=True, default=str)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def read_json(path: str | Path) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+class Store:
+    """The run root: ``<root>/<stage>/<key>/`` directories."""
+
+    def __init__(self, root: str | Path = "runs"):
+        self.root = Path(root)
+
+    def path(self, stage: str, key: str) -> Path:
+        return self.root / stage / key
+
+    def done(self, stage: str, key: str) -> bool:
+        return (self.path(stage, key) / "config.json").is_file()
+
+    @contextlib.contextmanager
+    def build(self, stage: str, key: str, config: dict):
+        """Yield a temporary directory to fill; on success it becomes ``<root>/<stage>/<key>``.
+
+        ``config.json`` is written last. On any exception the temporary directory is removed
+        (nothing half-written remains) and the exception propagates.
+        """
+        final = self.path(stage, key)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".tmp-{key}-"))
+        try:
+            yield tmp
+            write_json(tmp / "config.json", {"stage": stage, "key": key, "zqtool": __version__, **config})
+            if final.exists():  # a concurrent run finished first: keep theirs
+                shutil.rmtree(tmp)
+            else:
+                os.replace(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise

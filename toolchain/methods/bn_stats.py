@@ -1,0 +1,82 @@
+"""BN-statistics losses on the FP (teacher) graph — one hook mechanism, two distances.
+
+For every BatchNorm layer of the teacher, a :class:`~.taps.Tap` captures its input
+x (N, C, H, W); the batch statistics μ̂_c = mean over (N, H, W) and σ̂²_c (biased
+variance) are compared with the layer's running statistics (μ_c, σ²_c + ε):
+
+- ``l2`` (ZeroQ, Cai et al. CVPR 2020, eq. 3; the baseline GZNQ improves on):
+  Σ_layers ( ‖μ̂ − μ‖²/C + ‖σ̂ − σ‖²/C );
+- ``kl`` (GZNQ's reading, He et al. arXiv 2101.08430 — unconfirmed, see REFERENCES.md):
+  Σ_layers mean_c KL( N(μ̂_c, σ̂²_c) ‖ N(μ_c, σ²_c) )
+  = Σ_layers mean_c [ log(σ_c/σ̂_c) + (σ̂²_c + (μ̂_c − μ_c)²) / (2σ²_c) − 1/2 ].
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import fx
+
+from ..errors import UnsupportedModelError
+from ..quant import ops
+from ..quant.rewrite import get_attr_value
+from .taps import insert_taps
+
+BN_LOSSES = ("l2", "kl")
+
+
+def gaussian_kl(mu_hat: torch.Tensor, var_hat: torch.Tensor, mu: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu_hat, var_hat) ‖ N(mu, var)) elementwise (same shapes, float32, nats)."""
+    return 0.5 * (torch.log(var / var_hat) + (var_hat + (mu_hat - mu) ** 2) / var - 1.0)
+
+
+class BNStatistics:
+    """Taps on the inputs of every BN layer of an FP GraphModule (modified in place).
+
+    Args:
+        gm: the teacher's fx GraphModule (ATen graph with batch_norm nodes).
+
+    Raises:
+        UnsupportedModelError: the graph has no BatchNorm.
+    """
+
+    def __init__(self, gm: fx.GraphModule):
+        bns = [n for n in gm.graph.nodes if n.op == "call_function" and n.target in ops.BATCH_NORM]
+        if not bns:
+            raise UnsupportedModelError("the model has no BatchNorm layer, so it has no BN statistics",
+                                        "use --method minmax or a method that does not need BN statistics")
+        self.running: list[tuple[torch.Tensor, torch.Tensor]] = []
+        for bn in bns:
+            a = bn.args
+            eps = float(a[7] if bn.target is ops.aten.batch_norm.default else a[6])
+            mean = get_attr_value(gm, a[3].target).detach().float()
+            var = get_attr_value(gm, a[4].target).detach().float() + eps
+            self.running.append((mean, var))
+        self.taps = insert_taps(gm, [bn.args[0] for bn in bns], prefix="bn_tap")
+
+    def __len__(self) -> int:
+        return len(self.taps)
+
+    def to(self, device) -> "BNStatistics":
+        self.running = [(m.to(device), v.to(device)) for m, v in self.running]
+        return self
+
+    def batch_stats(self):
+        """[(μ̂ (C,), σ̂² (C,))] of the last forward pass, per BN layer."""
+        out = []
+        for tap in self.taps:
+            x = tap.value
+            dims = [d for d in range(x.ndim) if d != 1]
+            out.append((x.mean(dim=dims), x.var(dim=dims, unbiased=False)))
+        return out
+
+    def loss(self, kind: str = "l2") -> torch.Tensor:
+        """The BN-statistics loss of the last forward pass (scalar, see module docstring)."""
+        if kind not in BN_LOSSES:
+            raise ValueError(f"BN loss must be one of {BN_LOSSES}, got {kind!r}")
+        total = 0.0
+        for (mu_hat, var_hat), (mu, var) in zip(self.batch_stats(), self.running):
+            if kind == "l2":
+                total = total + ((mu_hat - mu) ** 2).mean() + ((var_hat.clamp_min(1e-8).sqrt() - var.sqrt()) ** 2).mean()
+            else:
+                total = total + gaussian_kl(mu_hat, var_hat.clamp_min(1e-8), mu, var).mean()
+        return total

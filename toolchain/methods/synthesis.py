@@ -1,0 +1,95 @@
+"""Synthetic calibration images distilled from BN statistics (ZeroQ, Cai et al., CVPR 2020, sec. 3.1).
+
+Inputs start as N(0, 1) noise in the model's normalized input space and are optimized
+with Adam so that every BN layer's batch statistics match its running statistics
+(:class:`~.bn_stats.BNStatistics`). Optionally (default) they are kept inside the range
+that real normalized pixels can take, so the input quantizer's exact range holds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import ConfigError
+from .bn_stats import BN_LOSSES, BNStatistics
+
+
+@dataclass(frozen=True)
+class SynthesisConfig:
+    """Hyperparameters of BN-statistics distillation.
+
+    Attributes:
+        num_images: size of the synthetic set.
+        batch_size: images optimized jointly (BN statistics are batch statistics).
+        iterations: Adam steps per batch (ZeroQ: 500).
+        lr: Adam learning rate (ZeroQ: 0.5).
+        bn_loss: "l2" (ZeroQ) or "kl" (GZNQ's Gaussian KL).
+        clamp_to_pixels: keep images within the normalized image of [0, 1] pixels.
+    """
+
+    num_images: int = 256
+    batch_size: int = 64
+    iterations: int = 200
+    lr: float = 0.2
+    bn_loss: str = "l2"
+    clamp_to_pixels: bool = True
+
+    def __post_init__(self):
+        if self.num_images < 1 or self.batch_size < 2 or self.iterations < 1 or self.lr <= 0:
+            raise ConfigError("synthesis needs num_images >= 1, batch_size >= 2, iterations >= 1, lr > 0")
+        if self.bn_loss not in BN_LOSSES:
+            raise ConfigError(f"bn_loss must be one of {BN_LOSSES}, got {self.bn_loss!r}")
+
+
+def pixel_bounds(mean, std, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel (lo, hi) of normalized pixels in [0, 1], shaped (1, C, 1, 1)."""
+    m = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+    return (0 - m) / s, (1 - m) / s
+
+
+def distill_images(teacher: torch.nn.Module, bn: BNStatistics, input_shape, mean, std,
+                   cfg: SynthesisConfig, device, progress=None) -> torch.Tensor:
+    """Optimize a synthetic set against the teacher's BN statistics.
+
+    Args:
+        teacher: FP model with ``bn``'s taps inserted, eval mode, on ``device``.
+        bn: the BN-statistics hooks of ``teacher``.
+        input_shape: (C, H, W).
+        mean, std: normalization of the model card (for ``clamp_to_pixels``).
+        cfg: hyperparameters.
+        progress: optional task with ``advance(n, **fields)``.
+
+    Returns:
+        (num_images, C, H, W) float32 tensor on the CPU, in the normalized input space.
+    """
+    lo, hi = pixel_bounds(mean, std, device)
+    out = []
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    remaining = cfg.num_images
+    while remaining > 0:
+        b = min(cfg.batch_size, remaining) if remaining >= 2 else 2
+        x = torch.randn(b, *input_shape, device=device)
+        if cfg.clamp_to_pixels:
+            x = torch.max(torch.min(x, hi), lo)
+        x.requires_grad_(True)
+        opt = torch.optim.Adam([x], lr=cfg.lr)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.iterations)
+        for _ in range(cfg.iterations):
+            opt.zero_grad(set_to_none=True)
+            teacher(x)
+            loss = bn.loss(cfg.bn_loss)
+            loss.backward()
+            opt.step()
+            sched.step()
+            if cfg.clamp_to_pixels:
+                with torch.no_grad():
+                    x.copy_(torch.max(torch.min(x, hi), lo))
+            if progress is not None:
+                progress.advance(1, loss=float(loss))
+        out.append(x.detach().cpu()[: min(b, remaining)])
+        remaining -= b
+    return torch.cat(out)[: cfg.num_images]

@@ -1,0 +1,48 @@
+"""Progress reporting: the stages take a ``progress(description, total) -> task`` factory.
+
+The library never draws: the CLI passes :func:`rich_progress`'s factory, tests pass nothing
+(:func:`null_progress`). A task has ``advance(n=1, **fields)`` (fields such as ``loss`` are
+shown beside the bar) and ``close()``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+
+class NullTask:
+    def advance(self, n: int = 1, **fields):
+        pass
+
+    def close(self):
+        pass
+
+
+def null_progress(description: str, total: int | None = None) -> NullTask:
+    return NullTask()
+
+
+class _RichTask:
+    def __init__(self, progress, description, total):
+        self.p = progress
+        self.id = progress.add_task(description, total=total, info="")
+
+    def advance(self, n: int = 1, **fields):
+        info = "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in fields.items())
+        self.p.update(self.id, advance=n, info=info)
+
+    def close(self):
+        self.p.update(self.id, visible=False)
+        self.p.remove_task(self.id)
+
+
+@contextlib.contextmanager
+def rich_progress(console=None):
+    """Context manager yielding a progress factory that draws rich bars (transient)."""
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn,
+                               TimeElapsedColumn, TimeRemainingColumn)
+
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
+                  console=console, transient=True) as p:
+        yield lambda description, total=None: _RichTask(p, description, total)
