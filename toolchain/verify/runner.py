@@ -1,0 +1,191 @@
+"""``verify``: evaluate a QDQ ONNX model against its FP32 reference on labelled data."""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+
+import onnxruntime as ort
+
+from .. import __version__
+from ..data.opener import open_eval_set
+from ..data.protocol import EvalSet, check_batch_size, check_limit
+from ..errors import ConfigError, InputFileError
+from .evaluate import ProgressFn, evaluate
+from .integer_ops import inspect_integer_ops
+from .latency import measure_latency
+from .model_card import read_model_meta
+from .session import Classifier
+
+#: the FP32 reference looked for beside the QDQ file when fp_path is not given
+DEFAULT_FP_NAME = "model.fp32.onnx"
+_CARD_FIELDS = ("input_shape", "mean", "std", "resize", "num_classes")
+
+
+def _count(name: str, value, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def verify(qdq_path: str | os.PathLike, data: str | os.PathLike | EvalSet, *,
+           fp_path: str | os.PathLike | None = None, threads: int = 1, batch_size: int = 64,
+           latency_runs: int = 50, warmup: int = 10, limit: int | None = None,
+           progress: ProgressFn | None = None) -> dict:
+    """Measure a quantized model against its FP32 reference on onnxruntime (CPU EP).
+
+    Accuracy: both models see the same preprocessed batches (preprocessing from the
+    model card in the QDQ file's metadata), sessions at ORT_ENABLE_ALL with
+    ``intra_op_num_threads=threads``. Latency: batch 1, ``warmup`` untimed then
+    ``latency_runs`` timed ``session.run`` calls per model (time.perf_counter), same
+    thread count. Integer ops: the quantized model's optimized graph
+    (see :func:`~toolchain.verify.inspect_integer_ops`).
+
+    Args:
+        qdq_path: the quantized QDQ .onnx model carrying a zqtool model card.
+        data: eval data path (.npz, image folder) or an EvalSet.
+        fp_path: the FP32 reference; default ``model.fp32.onnx`` beside ``qdq_path`` if
+            it exists, else none (FP32 accuracy and agreement are then null).
+        threads: onnxruntime intra-op threads (0 = its default, all cores).
+        batch_size: images per accuracy batch (a static-batch model is run in chunks
+            of its batch size, e.g. one image at a time).
+        latency_runs: timed runs per model (0 = skip latency).
+        warmup: untimed runs before timing.
+        limit: evaluate only the first ``limit`` images.
+        progress: optional hook ``progress(advance, total, description)``; each phase
+            ("accuracy", "latency quantized", "latency fp32", "integer ops") first
+            calls it with advance 0.
+
+    Returns:
+        a JSON-serializable dict; percentages are floats in 0..100, times in ms::
+
+            fp32: {top1, top5}  (null values without an FP32 model)
+            quantized: {top1, top5}
+            agreement_top1      % of images with the same top-1 class in both (null w/o FP32)
+            top1_drop           fp32.top1 - quantized.top1, points (null w/o FP32)
+            top1_stderr         100*sqrt(p(1-p)/n) of the quantized top-1, points
+            n_images
+            latency_ms: {threads, batch_size, warmup, runs,
+                         fp32: {p50, p90, mean, min, runs} | null, quantized: {...} | null}
+            bytes: {fp32, quantized}                file sizes
+            integer_ops: {conv_total, conv_integer, float_nodes, optimized_op_counts,
+                          inspected_level, method}
+            ort_version, providers, meta (the model card), files: {quantized, fp32, data},
+            data_fingerprint, settings, notes (list of strings), zqtool_version, wall_s
+
+    Raises:
+        InputFileError: a model is missing, unloadable, has no zqtool model card, or
+            does not match the card / the other model.
+        DataError: the data is missing or malformed, or does not fit the model.
+        ConfigError: a bad option value.
+    """
+    t_start = time.perf_counter()
+    threads = _count("threads", threads, 0)
+    batch_size = check_batch_size(batch_size)
+    latency_runs = _count("latency_runs", latency_runs, 0)
+    warmup = _count("warmup", warmup, 0)
+    limit = check_limit(limit)
+    notes: list[str] = []
+
+    qdq_path = Path(qdq_path)
+    quantized = Classifier(qdq_path, threads)
+    meta = read_model_meta(quantized.metadata, qdq_path)
+    quantized.expect(meta.input_shape, meta.num_classes)
+
+    fp = None
+    if fp_path is None:
+        candidate = qdq_path.with_name(DEFAULT_FP_NAME)
+        if candidate.is_file() and candidate.resolve() != qdq_path.resolve():
+            fp_path = candidate
+        else:
+            notes.append(f"no FP32 reference given and no {DEFAULT_FP_NAME} beside the quantized model: "
+                         "FP32 accuracy and top-1 agreement not computed (pass fp_path / --fp)")
+    if fp_path is not None:
+        fp_path = Path(fp_path)
+        if not fp_path.is_file():
+            raise InputFileError(f"FP32 reference model not found: {fp_path}", "check the --fp path")
+        fp = Classifier(fp_path, threads)
+        _check_same_card(fp, meta, fp_path)
+        fp.expect(meta.input_shape, meta.num_classes)
+
+    if isinstance(data, (str, os.PathLike)):
+        data_desc = os.fspath(data)
+        data = open_eval_set(data, limit)
+    else:
+        if not all(hasattr(data, a) for a in ("batches", "labels", "__len__")):
+            raise ConfigError(f"data must be a path or an EvalSet, got {type(data).__name__}")
+        data_desc = repr(data)
+
+    models = {"quantized": quantized} if fp is None else {"quantized": quantized, "fp32": fp}
+    for name, clf in models.items():
+        if clf.static_batch is not None:
+            notes.append(f"the {name} model has a static batch of {clf.static_batch}: "
+                         f"evaluated {clf.static_batch} image(s) per run")
+    result = evaluate(data, meta, models, batch_size=batch_size, limit=limit, progress=progress)
+    n = result.n_images
+
+    lat_q = lat_fp = None
+    if latency_runs:
+        lat_q = measure_latency(quantized, result.first_image, runs=latency_runs, warmup=warmup,
+                                progress=progress, description="latency quantized")
+        if fp is not None:
+            lat_fp = measure_latency(fp, result.first_image, runs=latency_runs, warmup=warmup,
+                                     progress=progress, description="latency fp32")
+    else:
+        notes.append("latency not measured (latency_runs = 0)")
+
+    if progress:
+        progress(0, 1, "integer ops")
+    int_ops = inspect_integer_ops(qdq_path)
+    if progress:
+        progress(1, 1, "integer ops")
+    if int_ops.get("fallback_reason"):
+        notes.append(f"integer ops read from the {int_ops['inspected_level']} graph: {int_ops['fallback_reason']}")
+    if int_ops["conv_total"] and int_ops["conv_integer"] < int_ops["conv_total"]:
+        notes.append(f"only {int_ops['conv_integer']} of {int_ops['conv_total']} Conv/Gemm/MatMul nodes run as "
+                     "integer kernels on this onnxruntime; the rest compute in float")
+
+    q_acc = result.tallies["quantized"].percent()
+    fp_acc = result.tallies["fp32"].percent() if fp is not None else {"top1": None, "top5": None}
+    p = q_acc["top1"] / 100.0
+    agreement = None if result.agree is None else 100.0 * result.agree / n
+    return {
+        "fp32": fp_acc,
+        "quantized": q_acc,
+        "agreement_top1": agreement,
+        "top1_drop": None if fp is None else fp_acc["top1"] - q_acc["top1"],
+        "top1_stderr": 100.0 * math.sqrt(p * (1.0 - p) / n),
+        "n_images": n,
+        "latency_ms": {"threads": threads, "batch_size": 1, "warmup": warmup, "runs": latency_runs,
+                       "fp32": lat_fp, "quantized": lat_q},
+        "bytes": {"fp32": fp_path.stat().st_size if fp is not None else None,
+                  "quantized": qdq_path.stat().st_size},
+        "integer_ops": int_ops,
+        "ort_version": ort.__version__,
+        "providers": quantized.providers,
+        "meta": meta.to_dict(),
+        "files": {"quantized": os.fspath(qdq_path), "fp32": os.fspath(fp_path) if fp is not None else None,
+                  "data": data_desc},
+        "data_fingerprint": data.fingerprint() if hasattr(data, "fingerprint") else None,
+        "settings": {"threads": threads, "batch_size": batch_size, "latency_runs": latency_runs,
+                     "warmup": warmup, "limit": limit},
+        "notes": notes,
+        "zqtool_version": __version__,
+        "wall_s": time.perf_counter() - t_start,
+    }
+
+
+def _check_same_card(fp: Classifier, meta, fp_path: Path) -> None:
+    """If the FP32 model carries a model card too, it must describe the same input and classes."""
+    props = fp.metadata
+    if not any(k.startswith("zqtool.") for k in props):
+        return
+    fp_meta = read_model_meta(props, fp_path)
+    for f in _CARD_FIELDS:
+        a, b = getattr(fp_meta, f), getattr(meta, f)
+        if a != b:
+            raise InputFileError(
+                f"{fp_path} and the quantized model disagree on {f}: {a!r} vs {b!r}",
+                "pass the FP32 model exported together with the quantized one")
