@@ -17,7 +17,8 @@ from .registry import Method, MethodContext, register_method
 
 @register_method("minmax")
 class MinMax(Method):
-    needs_batchnorm = True
+    # layers without BN get moments propagated through their weights; no BN is needed
+    needs_batchnorm = False
 
     @dataclass(frozen=True)
     class Config:

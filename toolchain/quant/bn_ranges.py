@@ -101,7 +101,7 @@ class _Propagator(fx.Interpreter):
         node = self._node
         if target in ops.RELU:
             return _relu_moments(args[0])
-        if target in ops.HARDTANH:
+        if target in ops.ACTIVATION:  # ReLU6 / hardtanh / clamp
             lo, hi = ops.clamp_bounds(node)
             m = _relu_moments(args[0]) if lo is not None and lo >= 0 else args[0]
             return Moments(m.mean if hi is None else m.mean.clamp(max=hi), m.var, hi)

@@ -29,6 +29,8 @@ AVG_POOL = {aten.avg_pool2d.default, aten.adaptive_avg_pool2d.default, aten.mean
 MAX_POOL = {aten.max_pool2d.default}
 RELU = {aten.relu.default, aten.relu_.default}
 HARDTANH = {aten.hardtanh.default, aten.hardtanh_.default, aten.clamp.default}
+#: F.relu6 exports as aten.relu6 (nn.ReLU6 as hardtanh): the clamp [0, 6]
+RELU6 = {aten.relu6.default, aten.relu6_.default}
 RESHAPE = {aten.flatten.using_ints, aten.view.default, aten.reshape.default,
            aten._unsafe_view.default, aten.squeeze.dims, aten.squeeze.dim, aten.unsqueeze.default}
 SLICE = {aten.slice.Tensor}
@@ -37,7 +39,7 @@ IDENTITY = {aten.dropout.default, aten.clone.default, aten.alias.default, aten.c
             aten.detach.default, aten.feature_dropout.default}
 
 COMPUTE = CONV | LINEAR | ADD | CAT | AVG_POOL
-ACTIVATION = RELU | HARDTANH
+ACTIVATION = RELU | HARDTANH | RELU6
 TRANSPARENT_BASE = RESHAPE | SLICE | MAX_POOL
 
 
@@ -62,6 +64,8 @@ def clamp_bounds(node) -> tuple[float | None, float | None]:
     """(min, max) of a ReLU/ReLU6/hardtanh/clamp node."""
     if node.target in RELU:
         return 0.0, None
+    if node.target in RELU6:
+        return 0.0, 6.0
     lo = node.args[1] if len(node.args) > 1 else node.kwargs.get("min", -1.0)
     hi = node.args[2] if len(node.args) > 2 else node.kwargs.get("max", 1.0)
     if node.target is aten.clamp.default:

@@ -46,11 +46,15 @@ def get_attr_value(gm: torch.nn.Module, target: str) -> torch.Tensor:
 
 
 def fp_graph_module(program) -> fx.GraphModule:
-    """A fresh, cleaned, eval-mode GraphModule of an ExportedProgram (or a copy of a GraphModule)."""
-    gm = program.module() if hasattr(program, "module") and not isinstance(program, fx.GraphModule) \
-        else copy.deepcopy(program)
+    """A fresh, cleaned FP GraphModule of an ExportedProgram (or a copy of a GraphModule).
+
+    A plain ``fx.GraphModule`` (``ExportedProgram.module()`` refuses ``.eval()``/``.train()``);
+    the program was exported in eval mode, so the graph computes inference either way.
+    Input (N, C, H, W) float32 → logits.
+    """
+    gm = program.module() if not isinstance(program, fx.GraphModule) else copy.deepcopy(program)
     clean_graph(gm)
-    return gm
+    return fx.GraphModule(gm, gm.graph).eval()
 
 
 def clean_graph(gm: fx.GraphModule) -> None:

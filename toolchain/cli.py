@@ -1,0 +1,284 @@
+"""``zqtool``: the command line. Thin commands that parse arguments, draw progress and call
+the stage functions of :mod:`toolchain.pipeline`; every user error is one clear message
+and a non-zero exit, never a traceback."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+
+from .errors import ConfigError, ZqError
+
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+    help="Zero-shot low-bit quantization of PyTorch CNNs to fully integer QDQ ONNX, verified on onnxruntime.\n\n"
+         "Stages: load → quantize → export → verify (or `run` for all four). Artifacts are cached under --out "
+         "by content, so a re-run only redoes what changed.")
+console = Console(stderr=True)
+out_console = Console()
+
+
+def handle_errors(fn):
+    """Turn ZqError into 'error: …' + hint on stderr and exit 2; Ctrl-C into exit 130."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except ZqError as e:
+            console.print(f"[bold red]error:[/] {e.message}", highlight=False)
+            if e.hint:
+                console.print(f"  [dim]hint:[/] {e.hint}", highlight=False)
+            raise typer.Exit(e.exit_code)
+        except KeyboardInterrupt:
+            console.print("[yellow]interrupted[/] — no partial artifact was kept; re-run to continue")
+            raise typer.Exit(130)
+    return wrapper
+
+
+# ----------------------------------------------------------------------------- option parsing
+def _floats(text: str | None, name: str):
+    if text is None:
+        return None
+    try:
+        return tuple(float(v) for v in text.replace(" ", "").split(",") if v)
+    except ValueError:
+        raise ConfigError(f"--{name} expects comma-separated numbers, got {text!r}",
+                          f"e.g. --{name} 0.485,0.456,0.406") from None
+
+
+def _shape(text: str | None):
+    if text is None:
+        return None
+    try:
+        shape = tuple(int(v) for v in text.lower().replace("x", ",").split(",") if v)
+    except ValueError:
+        shape = ()
+    if len(shape) != 3:
+        raise ConfigError(f"--input-shape expects C,H,W, got {text!r}", "e.g. --input-shape 3,32,32")
+    return shape
+
+
+ModelArg = typer.Argument(..., help="Model file: a torch.export archive (.pt2), a state_dict (.pt/.pth/.th; "
+                                     "needs --arch) or a pickled nn.Module (needs --trust-pickle).")
+ArchOpt = typer.Option(None, "--arch", help="Zoo architecture of a state_dict (see `zqtool list`).")
+ShapeOpt = typer.Option(None, "--input-shape", help="C,H,W of one input (default: the arch's).")
+MeanOpt = typer.Option(None, "--mean", help="Per-channel mean of the input normalization, on [0,1] pixels.")
+StdOpt = typer.Option(None, "--std", help="Per-channel std of the input normalization.")
+ClassesOpt = typer.Option(None, "--num-classes", help="Number of classes (default: from the checkpoint).")
+PickleOpt = typer.Option(False, "--trust-pickle", help="Allow loading a pickled nn.Module (runs code from the file).")
+OutOpt = typer.Option(Path("runs"), "--out", help="Root directory of the cached artifacts.")
+MethodOpt = typer.Option("bnstat", "--method", "-m", help="Zero-shot method (see `zqtool list`).")
+BitsOpt = typer.Option(8, "--bits", "-b", help="Weight and activation bit width (2..8).")
+WbitsOpt = typer.Option(None, "--wbits", help="Weight bit width (overrides --bits).")
+AbitsOpt = typer.Option(None, "--abits", help="Activation bit width (overrides --bits).")
+FLOpt = typer.Option(8, "--first-last-bits", help="Bit width of the first and last layers, the input and logits.")
+BudgetOpt = typer.Option("cpu", "--budget", help="Recipe budget: cpu (minutes on 2 cores) or paper (published schedule).")
+RecipeOpt = typer.Option(None, "--recipe", help="A TOML recipe file instead of recipes/<method>.toml.")
+SetOpt = typer.Option(None, "--set", help="Override a method setting: --set iterations=50 (repeatable).")
+SeedOpt = typer.Option(0, "--seed", help="Random seed (same seed → same quantized weights).")
+DeviceOpt = typer.Option("auto", "--device", help="auto, cpu or cuda.")
+FormatOpt = typer.Option("qdq", "--format", help="qdq (8-bit containers, integer kernels) or int4 (opset-21 INT4/UINT4).")
+DataOpt = typer.Option(..., "--data", help="Labelled eval data: .npz (images uint8 NHWC, labels) or a folder with labels.csv.")
+ThreadsOpt = typer.Option(1, "--threads", help="onnxruntime intra-op threads for accuracy and latency.")
+JsonOpt = typer.Option(None, "--json", help="Write the report as JSON here.")
+LimitOpt = typer.Option(None, "--limit", help="Evaluate only the first N images.")
+RunsOpt = typer.Option(50, "--latency-runs", help="Timed batch-1 runs per model.")
+
+
+def _load_options(arch, input_shape, mean, std, num_classes, trust_pickle) -> dict:
+    return {"arch": arch, "input_shape": _shape(input_shape), "mean": _floats(mean, "mean"),
+            "std": _floats(std, "std"), "num_classes": num_classes, "trust_pickle": trust_pickle}
+
+
+def _quant_options(method, bits, wbits, abits, first_last_bits, budget, recipe, set_, seed, device) -> dict:
+    from .methods.recipes import BUDGETS, parse_overrides
+    from .quant.scheme import QuantScheme
+    if budget not in BUDGETS and recipe is None:
+        raise ConfigError(f"--budget must be one of {', '.join(BUDGETS)}, got {budget!r}")
+    return {"method": method, "scheme": QuantScheme.from_bits(bits, wbits, abits, first_last_bits),
+            "budget": budget, "recipe": recipe, "overrides": parse_overrides(set_), "seed": seed,
+            "device": device}
+
+
+def _progress():
+    from .progress import rich_progress
+    return rich_progress(console)
+
+
+def _write_json(path: Path | None, obj) -> None:
+    if path is not None:
+        from .artifacts import write_json
+        write_json(path, obj)
+        console.print(f"wrote {path}")
+
+
+# ----------------------------------------------------------------------------- commands
+@app.command()
+@handle_errors
+def load(model: Path = ModelArg, arch: Optional[str] = ArchOpt, input_shape: Optional[str] = ShapeOpt,
+         mean: Optional[str] = MeanOpt, std: Optional[str] = StdOpt, num_classes: Optional[int] = ClassesOpt,
+         trust_pickle: bool = PickleOpt, out: Path = OutOpt):
+    """Stage 1: read a model file into the canonical FP artifact (model.pt2 + model.json)."""
+    from .artifacts import Store
+    from .pipeline import load_stage
+    fp = load_stage(model, store=Store(out), **_load_options(arch, input_shape, mean, std, num_classes, trust_pickle))
+    m = fp.meta
+    console.print(f"loaded {model} ({m.source_format}, arch={m.arch}) input {m.input_shape} "
+                  f"classes {m.num_classes}")
+    out_console.print(str(fp.dir))
+
+
+@app.command()
+@handle_errors
+def quantize(model: Path = ModelArg, method: str = MethodOpt, bits: int = BitsOpt, wbits: Optional[int] = WbitsOpt,
+             abits: Optional[int] = AbitsOpt, first_last_bits: int = FLOpt, budget: str = BudgetOpt,
+             recipe: Optional[Path] = RecipeOpt, set_: Optional[List[str]] = SetOpt, seed: int = SeedOpt,
+             device: str = DeviceOpt, arch: Optional[str] = ArchOpt, input_shape: Optional[str] = ShapeOpt,
+             mean: Optional[str] = MeanOpt, std: Optional[str] = StdOpt, num_classes: Optional[int] = ClassesOpt,
+             trust_pickle: bool = PickleOpt, out: Path = OutOpt):
+    """Stage 2: zero-shot quantization (runs stage 1 if needed). Prints the run directory."""
+    from .artifacts import Store
+    from .pipeline import load_stage, quantize_stage
+    store = Store(out)
+    with _progress() as progress:
+        fp = load_stage(model, store=store, **_load_options(arch, input_shape, mean, std, num_classes, trust_pickle))
+        q = quantize_stage(fp, store=store, progress=progress,
+                           **_quant_options(method, bits, wbits, abits, first_last_bits, budget, recipe, set_,
+                                            seed, device))
+    console.print(f"quantized with {q.method} ({q.scheme.tag}); export with: zqtool export {q.dir}")
+    out_console.print(str(q.dir))
+
+
+@app.command()
+@handle_errors
+def export(run_dir: Path = typer.Argument(..., help="A quantize run directory (printed by `zqtool quantize`)."),
+           fmt: str = FormatOpt, out: Path = OutOpt):
+    """Stage 3: write model.qdq.onnx and the FP32 reference model.fp32.onnx (onnxsim-simplified)."""
+    from .artifacts import Store
+    from .pipeline import QArtifact, export_stage
+    art = export_stage(QArtifact.open(run_dir), fmt=fmt, store=Store(out))
+    if fmt == "int4":
+        console.print("[yellow]note:[/] INT4/UINT4 Q/DQ runs in float on onnxruntime's CPU EP "
+                      "(smaller file, slower than FP32); use --format qdq for integer kernels")
+    console.print(f"verify with: zqtool verify {art.qdq_path} --data DATA")
+    out_console.print(str(art.qdq_path))
+
+
+@app.command()
+@handle_errors
+def verify(onnx_model: Path = typer.Argument(..., help="The QDQ ONNX model (model.qdq.onnx)."),
+           data: Path = DataOpt,
+           fp: Optional[Path] = typer.Option(None, "--fp", help="FP32 reference (default: model.fp32.onnx beside it)."),
+           threads: int = ThreadsOpt, json_path: Optional[Path] = JsonOpt, limit: Optional[int] = LimitOpt,
+           latency_runs: int = RunsOpt):
+    """Stage 4: accuracy, agreement, latency, sizes and integer kernels on onnxruntime (no torch)."""
+    from .pipeline import _verify_progress
+    from .verify import render_report
+    from .verify import verify as verify_fn
+    with _progress() as progress:
+        report = verify_fn(onnx_model, data, fp_path=fp, threads=threads, limit=limit, latency_runs=latency_runs,
+                           progress=_verify_progress(progress))
+    out_console.print(render_report(report))
+    _write_json(json_path, report)
+
+
+@app.command()
+@handle_errors
+def run(model: Path = ModelArg, data: Path = DataOpt, method: str = MethodOpt, bits: int = BitsOpt,
+        wbits: Optional[int] = WbitsOpt, abits: Optional[int] = AbitsOpt, first_last_bits: int = FLOpt,
+        budget: str = BudgetOpt, recipe: Optional[Path] = RecipeOpt, set_: Optional[List[str]] = SetOpt,
+        seed: int = SeedOpt, device: str = DeviceOpt, fmt: str = FormatOpt, threads: int = ThreadsOpt,
+        json_path: Optional[Path] = JsonOpt, limit: Optional[int] = LimitOpt, latency_runs: int = RunsOpt,
+        parity_images: int = typer.Option(256, "--parity-images", help="Images for the torch-vs-ORT parity check (0: skip)."),
+        arch: Optional[str] = ArchOpt, input_shape: Optional[str] = ShapeOpt, mean: Optional[str] = MeanOpt,
+        std: Optional[str] = StdOpt, num_classes: Optional[int] = ClassesOpt, trust_pickle: bool = PickleOpt,
+        out: Path = OutOpt):
+    """All four stages: load → quantize → export → verify, plus the torch-vs-ORT parity check."""
+    from .artifacts import Store
+    from .pipeline import run as run_fn
+    report = _run(run_fn, model, data, Store(out), method, bits, wbits, abits, first_last_bits, budget, recipe,
+                  set_, seed, device, fmt, threads, limit, latency_runs, parity_images,
+                  _load_options(arch, input_shape, mean, std, num_classes, trust_pickle))
+    _write_json(json_path, report)
+
+
+def _run(run_fn, model, data, store, method, bits, wbits, abits, fl, budget, recipe, set_, seed, device, fmt,
+         threads, limit, latency_runs, parity_images, load_options) -> dict:
+    from .verify import render_report
+
+    def on_stage(name, result, _cached, seconds):
+        where = getattr(result, "dir", None)
+        console.print(f"[green]✓[/] {name:<8} {seconds:7.1f} s  {where or ''}", highlight=False)
+
+    with _progress() as progress:
+        report = run_fn(model, data, load_options=load_options, fmt=fmt, threads=threads, limit=limit,
+                        latency_runs=latency_runs, parity_images=parity_images, store=store, progress=progress,
+                        on_stage=on_stage,
+                        **_quant_options(method, bits, wbits, abits, fl, budget, recipe, set_, seed, device))
+    out_console.print(render_report(report))
+    q = report["quantize"]
+    console.print(f"method {q['method']} ({q['budget']} budget), quantize wall time {q['wall_s']:.1f} s on {q['device']}")
+    p = report.get("parity")
+    if p:
+        console.print("parity torch vs onnxruntime: " + _parity_line(p), highlight=False)
+    return report
+
+
+def _parity_line(p: dict) -> str:
+    parts = []
+    for level in ("off", "on"):
+        r = p.get(level)
+        if r:
+            parts.append(f"ORT opt {level}: agreement {r['agreement_top1']:.2f}%, "
+                         f"max {r.get('max_diff_lsb', float('nan')):.0f} LSB")
+    return "; ".join(parts) or json.dumps(p)
+
+
+@app.command("list")
+@handle_errors
+def list_(what: str = typer.Argument("all", help="archs, methods or all")):
+    """List the zoo architectures and the registered methods."""
+    if what in ("archs", "all"):
+        from .models.registry import get_arch, list_archs
+        out_console.print("[bold]architectures[/] (state_dicts need --arch NAME):")
+        for name in list_archs():
+            a = get_arch(name)
+            out_console.print(f"  {name:<14} input {tuple(a.input_shape)}  classes {a.num_classes}")
+    if what in ("methods", "all"):
+        from .methods.registry import get_method, list_methods
+        out_console.print("[bold]methods[/] (--method NAME; recipes/<name>.toml):")
+        for name in list_methods():
+            doc = (get_method(name).__module__ and sys.modules[get_method(name).__module__].__doc__ or "").strip()
+            out_console.print(f"  {name:<8} {doc.splitlines()[0] if doc else ''}")
+
+
+@app.command()
+@handle_errors
+def demo(out: Path = typer.Option(Path("runs/demo"), "--out", help="Where the demo writes everything."),
+         bits: List[int] = typer.Option([8, 4], "--bits", help="Bit widths to run (repeatable)."),
+         threads: int = ThreadsOpt):
+    """End to end on an embedded default: train a tiny CNN on scikit-learn's digits, then
+    quantize it data-free (bnstat), export QDQ ONNX and verify on the held-out digits."""
+    from .demo import prepare_demo
+    from .artifacts import Store
+    from .pipeline import run as run_fn
+    model, data = prepare_demo(out, console=console)
+    for b in bits:
+        console.rule(f"bnstat W{b}A{b} (first/last 8-bit)")
+        _run(run_fn, model, data, Store(out / "runs"), "bnstat", b, None, None, 8, "cpu", None,
+             ["iterations=100", "num_images=128"], 0, "auto", "qdq", threads, None, 50, 256,
+             {"arch": "tinynet"})
+
+
+def main():
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,338 @@
+"""The four stages as Python functions, each with a content-keyed cached artifact.
+
+``load_stage`` → :class:`FPArtifact` (``fp/<key>/model.pt2 + model.json``);
+``quantize_stage`` → :class:`QArtifact` (``q/<key>/quantized.pt + quant.json + log.json``);
+``export_stage`` → :class:`OnnxArtifact` (``onnx/<key>/model.qdq.onnx + model.fp32.onnx``);
+``verify_stage`` → the report dict (``verify/<key>/report.json``, plus ``parity.json`` in ``run``).
+``run`` chains them. The CLI (toolchain/cli.py) only parses arguments and calls these.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .artifacts import Store, content_key, file_sha256, read_json, write_json
+from .errors import ConfigError, InputFileError
+from .models.meta import ModelMeta
+from .progress import null_progress
+from .quant.scheme import QuantScheme
+
+FP_STAGE, Q_STAGE, ONNX_STAGE, VERIFY_STAGE, SYNTH_STAGE = "fp", "q", "onnx", "verify", "synth"
+
+
+# --------------------------------------------------------------------------- artifacts
+@dataclass(frozen=True)
+class FPArtifact:
+    """Stage 1 output: the canonical FP model (torch.export program) and its model card."""
+
+    dir: Path
+    key: str
+    meta: ModelMeta
+
+    def program(self):
+        import torch
+        return torch.export.load(str(self.dir / "model.pt2"))
+
+    @classmethod
+    def open(cls, d: Path) -> "FPArtifact":
+        cfg = read_json(d / "config.json")
+        return cls(Path(d), cfg["key"], ModelMeta.from_dict(read_json(d / "model.json")))
+
+
+@dataclass(frozen=True)
+class QArtifact:
+    """Stage 2 output: the quantized model's state plus how it was made."""
+
+    dir: Path
+    key: str
+    fp: FPArtifact
+    method: str
+    scheme: QuantScheme
+    config: dict
+
+    def model(self):
+        """Rebuild the :class:`~toolchain.quant.model.QuantizedModel` (CPU, eval mode)."""
+        import torch
+        from .quant.rewrite import quantize_graph
+        qm = quantize_graph(self.fp.program(), self.scheme)
+        qm.load_state_dict(torch.load(self.dir / "quantized.pt", map_location="cpu", weights_only=True))
+        return qm.eval()
+
+    @classmethod
+    def open(cls, d: str | Path) -> "QArtifact":
+        """Open a quantize run directory (``runs/q/<key>``). Raises InputFileError if it is not one."""
+        d = Path(d)
+        if not (d / "config.json").is_file() or not (d / "quantized.pt").is_file():
+            raise InputFileError(f"{d} is not a quantize run directory (no config.json/quantized.pt)",
+                                 "pass the directory that `zqtool quantize` printed, e.g. runs/q/<key>")
+        cfg = read_json(d / "config.json")
+        fp = FPArtifact.open(Path(cfg["fp_dir"]))
+        return cls(d, cfg["key"], fp, cfg["method"], QuantScheme(**cfg["scheme"]), cfg["method_config"])
+
+
+@dataclass(frozen=True)
+class OnnxArtifact:
+    """Stage 3 output: the QDQ model and its FP32 reference."""
+
+    dir: Path
+    key: str
+    fmt: str
+
+    @property
+    def qdq_path(self) -> Path:
+        return self.dir / ("model.int4.onnx" if self.fmt == "int4" else "model.qdq.onnx")
+
+    @property
+    def fp32_path(self) -> Path:
+        return self.dir / "model.fp32.onnx"
+
+
+# --------------------------------------------------------------------------- stage 1
+def load_stage(model: str | Path, *, arch: str | None = None, input_shape=None, mean=None, std=None,
+               num_classes: int | None = None, trust_pickle: bool = False, store: Store | None = None,
+               progress=null_progress) -> FPArtifact:
+    """Stage 1: read a user's model file into the canonical FP artifact (cached by file content).
+
+    Raises:
+        InputFileError, ModelMismatchError, UnsafeModelError, UnsupportedModelError, ConfigError.
+    """
+    store = store or Store()
+    path = Path(model)
+    if not path.is_file():
+        raise InputFileError(f"model file {path} does not exist" if not path.exists()
+                             else f"{path} is not a file", "give the path of a .pt2, .pt/.pth/.th file")
+    options = {"arch": arch, "input_shape": _list(input_shape), "mean": _list(mean), "std": _list(std),
+               "num_classes": num_classes, "trust_pickle": trust_pickle}
+    key = content_key({"stage": FP_STAGE, "sha256": file_sha256(path), **options})
+    if store.done(FP_STAGE, key):
+        return FPArtifact.open(store.path(FP_STAGE, key))
+    import torch
+    from .models.loader import load_model
+    loaded = load_model(path, arch=arch, input_shape=input_shape, mean=mean, std=std,
+                        num_classes=num_classes, trust_pickle=trust_pickle)
+    with store.build(FP_STAGE, key, {"source": str(path.resolve()), **options}) as d:
+        torch.export.save(loaded.program, str(d / "model.pt2"))
+        write_json(d / "model.json", loaded.meta.to_dict())
+    return FPArtifact.open(store.path(FP_STAGE, key))
+
+
+def _list(v):
+    return None if v is None else list(v)
+
+
+# --------------------------------------------------------------------------- stage 2
+def resolve_device(device: str = "auto"):
+    import torch
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device not in ("cpu", "cuda"):
+        raise ConfigError(f"--device must be auto, cpu or cuda, got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda but no CUDA device is available", "use --device cpu or auto")
+    return torch.device(device)
+
+
+def method_config(method: str, budget: str = "cpu", recipe: str | Path | None = None,
+                  overrides: dict | None = None):
+    """(Method class, resolved frozen config) from the recipe's budget table and overrides."""
+    from .methods.recipes import load_recipe
+    from .methods.registry import build_config, get_method
+    cls = get_method(method)
+    values = {**load_recipe(method, budget, recipe), **(overrides or {})}
+    return cls, build_config(cls.Config, values)
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    import numpy as np
+    import torch
+    random.seed(seed)
+    np.random.seed(seed % (2 ** 32))
+    torch.manual_seed(seed)
+
+
+def quantize_stage(fp: FPArtifact, *, method: str = "bnstat", scheme: QuantScheme | None = None,
+                   budget: str = "cpu", recipe: str | Path | None = None, overrides: dict | None = None,
+                   seed: int = 0, device: str = "auto", store: Store | None = None,
+                   progress=null_progress) -> QArtifact:
+    """Stage 2: zero-shot quantization with a registered method (cached by inputs + config + seed).
+
+    Raises:
+        ConfigError (unknown method/setting, bad bits), UnsupportedModelError (e.g. no BatchNorm
+        for a method that needs BN statistics).
+    """
+    store = store or Store()
+    scheme = scheme or QuantScheme()
+    cls, cfg = method_config(method, budget, recipe, overrides)
+    cfg_dict = dataclasses.asdict(cfg)
+    key = content_key({"stage": Q_STAGE, "fp": fp.key, "method": method, "config": cfg_dict,
+                       "scheme": scheme.to_dict(), "seed": seed})
+    if store.done(Q_STAGE, key):
+        return QArtifact.open(store.path(Q_STAGE, key))
+
+    import torch
+    from .methods.registry import MethodContext
+    from .models.loader import require_batchnorm
+    from .quant.rewrite import fp_graph_module, quantize_graph
+
+    dev = resolve_device(device)
+    program = fp.program()
+    if cls.needs_batchnorm:
+        require_batchnorm(program, method)
+    seed_everything(seed)
+    teacher = fp_graph_module(program).to(dev).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    qmodel = quantize_graph(program, scheme).to(dev)
+
+    def cached(kind: str, k: dict, build):
+        skey = content_key({"stage": SYNTH_STAGE, "fp": fp.key, "kind": kind, "config": k, "seed": seed})
+        if store.done(SYNTH_STAGE, skey):
+            return torch.load(store.path(SYNTH_STAGE, skey) / "images.pt", weights_only=True)
+        images = build()
+        with store.build(SYNTH_STAGE, skey, {"fp": fp.key, "kind": kind, "config": k, "seed": seed}) as d:
+            torch.save(images, d / "images.pt")
+        return images
+
+    config = {"fp_dir": str(fp.dir.resolve()), "fp": fp.key, "method": method, "method_config": cfg_dict,
+              "scheme": scheme.to_dict(), "seed": seed, "budget": budget, "device": str(dev)}
+    with store.build(Q_STAGE, key, config) as d:
+        ctx = MethodContext(teacher=teacher, qmodel=qmodel, meta=fp.meta, scheme=scheme, device=dev,
+                            seed=seed, workdir=store.root / "work" / key, progress=progress, cached=cached)
+        t0 = time.perf_counter()
+        qmodel = cls(cfg).run(ctx)
+        wall = time.perf_counter() - t0
+        qmodel = qmodel.cpu().eval()
+        torch.save(qmodel.state_dict(), d / "quantized.pt")
+        write_json(d / "quant.json", {"method": method, "scheme": scheme.to_dict(), "wall_s": wall,
+                                      "device": str(dev), "quantizers": qmodel.summary()})
+        write_json(d / "log.json", {"wall_s": wall, **ctx.log})
+    return QArtifact.open(store.path(Q_STAGE, key))
+
+
+# --------------------------------------------------------------------------- stage 3
+EXPORT_FORMATS = ("qdq", "int4")
+
+
+def export_stage(q: QArtifact, *, fmt: str = "qdq", store: Store | None = None,
+                 progress=null_progress) -> OnnxArtifact:
+    """Stage 3: write the QDQ ONNX model and its FP32 reference, simplified with onnxsim."""
+    if fmt not in EXPORT_FORMATS:
+        raise ConfigError(f"--format must be one of {', '.join(EXPORT_FORMATS)}, got {fmt!r}")
+    store = store or Store()
+    key = content_key({"stage": ONNX_STAGE, "q": q.key, "format": fmt})
+    art = OnnxArtifact(store.path(ONNX_STAGE, key), key, fmt)
+    if store.done(ONNX_STAGE, key):
+        return art
+    from .export import write_fp32, write_qdq
+    qmodel = q.model()
+    props = {"zqtool.method": q.method, "zqtool.scheme": q.scheme.tag}
+    with store.build(ONNX_STAGE, key, {"q_dir": str(q.dir.resolve()), "q": q.key, "format": fmt}) as d:
+        warnings = []
+        w = write_qdq(qmodel, q.fp.meta, d / art.qdq_path.name, fmt=fmt, extra_props=props)
+        warnings += _warnings(w)
+        w = write_fp32(qmodel, q.fp.meta, d / art.fp32_path.name, extra_props=props)
+        warnings += _warnings(w)
+        write_json(d / "export.json", {"format": fmt, "warnings": warnings})
+    return art
+
+
+def _warnings(result) -> list[str]:
+    if isinstance(result, tuple):
+        return [w for w in result[1:] if w]
+    return []
+
+
+# --------------------------------------------------------------------------- stage 4
+def verify_stage(onnx: OnnxArtifact, data: str | Path, *, threads: int = 1, limit: int | None = None,
+                 latency_runs: int = 50, store: Store | None = None, progress=null_progress) -> dict:
+    """Stage 4 (cached): verify the QDQ model against its FP32 reference on labelled data."""
+    from .data import open_eval_set
+    from .verify import verify
+    store = store or Store()
+    evalset = open_eval_set(data, limit=limit)
+    key = content_key({"stage": VERIFY_STAGE, "onnx": onnx.key, "fmt": onnx.fmt, "data": evalset.fingerprint(),
+                       "threads": threads, "limit": limit, "latency_runs": latency_runs})
+    if store.done(VERIFY_STAGE, key):
+        return read_json(store.path(VERIFY_STAGE, key) / "report.json")
+    report = verify(onnx.qdq_path, evalset, fp_path=onnx.fp32_path, threads=threads, limit=limit,
+                    latency_runs=latency_runs, progress=_verify_progress(progress))
+    with store.build(VERIFY_STAGE, key, {"onnx": onnx.key, "data": str(data), "threads": threads,
+                                         "limit": limit}) as d:
+        write_json(d / "report.json", report)
+    return report
+
+
+def _verify_progress(progress):
+    """Adapt the stage progress factory to verify's ``callable(advance, total, description)`` hook."""
+    tasks: dict[str, object] = {}
+
+    def hook(advance: int, total: int, description: str):
+        task = tasks.get(description)
+        if task is None:
+            task = tasks[description] = progress(description, total)
+        task.advance(advance)
+    return hook
+
+
+def parity_stage(q: QArtifact, onnx: OnnxArtifact, data: str | Path, *, n_images: int = 256,
+                 store: Store | None = None) -> dict:
+    """Torch simulation vs onnxruntime QDQ on the first ``n_images`` eval images (cached)."""
+    store = store or Store()
+    from .data import open_eval_set
+    evalset = open_eval_set(data, limit=n_images)
+    key = content_key({"stage": "parity", "onnx": onnx.key, "data": evalset.fingerprint(), "n": n_images})
+    if store.done("parity", key):
+        return read_json(store.path("parity", key) / "parity.json")
+    import numpy as np
+    import torch
+    from .export.parity import check_parity
+    xs = [x for x, _ in evalset.batches(q.fp.meta, 64)]
+    inputs = torch.from_numpy(np.concatenate(xs)) if xs else torch.zeros(0)
+    result = check_parity(q.model(), onnx.qdq_path, inputs)
+    with store.build("parity", key, {"onnx": onnx.key, "n": n_images}) as d:
+        write_json(d / "parity.json", result)
+    return result
+
+
+# --------------------------------------------------------------------------- all four
+def run(model: str | Path, data: str | Path, *, load_options: dict | None = None, method: str = "bnstat",
+        scheme: QuantScheme | None = None, budget: str = "cpu", recipe=None, overrides=None, seed: int = 0,
+        device: str = "auto", fmt: str = "qdq", threads: int = 1, limit: int | None = None,
+        latency_runs: int = 50, parity_images: int = 256, store: Store | None = None,
+        progress=null_progress, on_stage=None) -> dict:
+    """Chain load → quantize → export → verify (+ parity); every stage is cached.
+
+    ``on_stage(name, path, cached: bool)`` is called after each stage (for the CLI's log lines).
+    Returns the verify report extended with ``quantize``, ``parity`` and ``artifacts`` sections.
+    """
+    store = store or Store()
+    note = on_stage or (lambda *a: None)
+
+    def timed(name, done_before, fn):
+        t0 = time.perf_counter()
+        out = fn()
+        note(name, out, done_before, time.perf_counter() - t0)
+        return out
+
+    fp = timed("load", None, lambda: load_stage(model, store=store, progress=progress, **(load_options or {})))
+    q = timed("quantize", None, lambda: quantize_stage(fp, method=method, scheme=scheme, budget=budget,
+                                                        recipe=recipe, overrides=overrides, seed=seed,
+                                                        device=device, store=store, progress=progress))
+    onnx = timed("export", None, lambda: export_stage(q, fmt=fmt, store=store, progress=progress))
+    report = timed("verify", None, lambda: verify_stage(onnx, data, threads=threads, limit=limit,
+                                                        latency_runs=latency_runs, store=store,
+                                                        progress=progress))
+    parity = timed("parity", None, lambda: parity_stage(q, onnx, data, n_images=parity_images, store=store)) \
+        if parity_images else None
+    qlog = read_json(q.dir / "quant.json")
+    return {**report,
+            "quantize": {"method": method, "budget": budget, "scheme": q.scheme.to_dict(), "seed": seed,
+                         "wall_s": qlog.get("wall_s"), "device": qlog.get("device")},
+            "parity": parity,
+            "artifacts": {"fp": str(fp.dir), "q": str(q.dir), "onnx": str(onnx.dir),
+                          "qdq": str(onnx.qdq_path), "fp32": str(onnx.fp32_path)}}
