@@ -1,9 +1,15 @@
 """Model zoo, architecture registry and the model loader (stage 1).
 
-Importing this package registers every zoo architecture (see :mod:`.registry`).
+Importing this package imports nothing heavy, so :mod:`.meta` (the model card) stays
+usable where torch is not installed (stage 4 on a device). The zoo architectures are
+registered on first use of :func:`get_arch` / :func:`list_archs`.
 """
 
-from . import cifar_resnet, mobilenet_v2, resnet, tiny  # noqa: F401  (registers the archs)
-from .registry import ArchSpec, get_arch, list_archs, register_arch
-
 __all__ = ["ArchSpec", "get_arch", "list_archs", "register_arch"]
+
+
+def __getattr__(name):
+    if name in __all__:
+        from . import registry
+        return getattr(registry, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -19,7 +19,6 @@ line of message and a hint; no torch/zip/pickle exception escapes.
 from __future__ import annotations
 
 import functools
-import hashlib
 import pickle
 import re
 import zipfile
@@ -30,6 +29,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..artifacts import file_sha256
 from ..errors import (
     ConfigError,
     InputFileError,
@@ -134,7 +134,10 @@ def load_model(
     path = Path(path).expanduser()
     spec = get_arch(arch) if arch is not None else None
     _check_file(path)
-    digest = _sha256(path)
+    try:
+        digest = file_sha256(path)
+    except OSError as e:
+        raise InputFileError(f"cannot read {path}: {e.strerror or e}") from None
     kind = _sniff(path)
     if kind == "truncated_zip":
         raise InputFileError(
@@ -281,17 +284,6 @@ def _check_file(path: Path) -> None:
         raise InputFileError(f"cannot read {path}: {e.strerror or e}") from None
     if size == 0:
         raise InputFileError(f"{path} is empty (0 bytes)", "the download or save did not complete")
-
-
-def _sha256(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    try:
-        with open(path, "rb") as f:
-            while block := f.read(chunk):
-                h.update(block)
-    except OSError as e:
-        raise InputFileError(f"cannot read {path}: {e.strerror or e}") from None
-    return h.hexdigest()
 
 
 def _sniff(path: Path) -> str:

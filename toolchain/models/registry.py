@@ -119,8 +119,14 @@ def register_arch(
     return decorate
 
 
+def _load_zoo() -> None:
+    """Import the zoo modules (registering their archs) on first use; they import torch."""
+    from . import cifar_resnet, mobilenet_v2, resnet, tiny  # noqa: F401
+
+
 def list_archs() -> list[str]:
     """Names of all registered architectures, sorted."""
+    _load_zoo()
     return sorted(_REGISTRY)
 
 
@@ -137,6 +143,7 @@ def get_arch(name: str) -> ArchSpec:
     Raises:
         ConfigError: no architecture of that name; the message lists the known ones.
     """
+    _load_zoo()
     if name in _REGISTRY:
         return _REGISTRY[name]
     same = [spec for key, spec in _REGISTRY.items() if _normalise(key) == _normalise(name)]

@@ -52,18 +52,20 @@ def fp_graph_module(program) -> fx.GraphModule:
     the program was exported in eval mode, so the graph computes inference either way.
     Input (N, C, H, W) float32 → logits.
     """
-    gm = program.module() if not isinstance(program, fx.GraphModule) else copy.deepcopy(program)
+    if isinstance(program, fx.GraphModule):
+        gm = copy.deepcopy(program)
+    else:
+        from ..models.loader import fp_module
+        gm = fp_module(program)
     clean_graph(gm)
     return fx.GraphModule(gm, gm.graph).eval()
 
 
 def clean_graph(gm: fx.GraphModule) -> None:
-    """Remove the export guard call and inference no-ops (dropout in eval, clone, alias) in place."""
+    """Remove inference no-ops (dropout in eval, clone, alias) in place."""
     g = gm.graph
     for n in list(g.nodes):
-        if n.op == "call_module" and n.target == "_guards_fn":
-            g.erase_node(n)
-        elif n.op == "call_function" and n.target in ops.IDENTITY:
+        if n.op == "call_function" and n.target in ops.IDENTITY:
             if n.target in (ops.aten.dropout.default, ops.aten.feature_dropout.default) and \
                     len(n.args) > 2 and n.args[2]:
                 raise UnsupportedModelError(

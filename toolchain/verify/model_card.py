@@ -6,44 +6,17 @@ onnxruntime exposes them as ``custom_metadata_map``, so no ``onnx`` package is n
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 from types import ModuleType
 
 from ..errors import InputFileError, ZqError
 
-_META_FILE = Path(__file__).resolve().parents[1] / "models" / "meta.py"
-_PRIVATE_NAME = "toolchain.verify._model_meta"
-
 
 def model_meta_module() -> ModuleType:
-    """The module defining ``ModelMeta``, imported without importing torch.
+    """The module defining ``ModelMeta`` (imports only the standard library; torch-free)."""
+    from ..models import meta
 
-    ``toolchain/models/__init__.py`` imports the model zoo (torch), and importing
-    ``toolchain.models.meta`` runs it. So unless ``toolchain.models`` is already
-    loaded (then its ``meta`` is reused, keeping one ``ModelMeta`` class), the file
-    ``toolchain/models/meta.py`` is loaded by path under a private module name. It
-    imports only the standard library and ``toolchain.errors``.
-    """
-    mod = sys.modules.get("toolchain.models.meta") or sys.modules.get(_PRIVATE_NAME)
-    if mod is not None:
-        return mod
-    if "toolchain.models" in sys.modules:
-        from ..models import meta
-
-        return meta
-    spec = importlib.util.spec_from_file_location(_PRIVATE_NAME, _META_FILE)
-    if spec is None or spec.loader is None or not _META_FILE.is_file():
-        raise ImportError(f"cannot find {_META_FILE}: copy toolchain/models/meta.py with the package")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[_PRIVATE_NAME] = mod
-    try:
-        spec.loader.exec_module(mod)
-    except BaseException:
-        del sys.modules[_PRIVATE_NAME]
-        raise
-    return mod
+    return meta
 
 
 def read_model_meta(props: dict[str, str], path: str | Path):

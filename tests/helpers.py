@@ -1,0 +1,43 @@
+"""Small shared builders for tests: a tiny trained-looking model file and a tiny labelled npz."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def tiny_state_dict_file(tmp: Path, seed: int = 0) -> Path:
+    """A tinynet state_dict (1×8×8 input, 10 classes) whose BN running statistics were measured
+    on inputs (smooth random images in [0, 1]), as in a trained model, and non-trivial BN affines."""
+    from toolchain.models.registry import get_arch
+    torch.manual_seed(seed)
+    m = get_arch("tinynet").builder(10, 1)
+    bns = [mod for mod in m.modules() if isinstance(mod, torch.nn.BatchNorm2d)]
+    for bn in bns:
+        bn.weight.data.uniform_(0.5, 1.5)
+        bn.bias.data.uniform_(-0.2, 0.2)
+        bn.momentum = None  # cumulative average
+    m.train()
+    with torch.no_grad():
+        for _ in range(8):
+            blobs = torch.nn.functional.interpolate(torch.rand(32, 1, 3, 3), size=8, mode="bilinear")
+            m((blobs - 0.5) / 0.5)
+    m.eval()
+    path = tmp / "tiny.pt"
+    torch.save(m.state_dict(), path)
+    return path
+
+
+def tiny_npz(tmp: Path, n: int = 40, seed: int = 0, name: str = "tiny.npz") -> Path:
+    """Random 8×8 grayscale images (uint8 NHWC) with labels in 0..9."""
+    rng = np.random.default_rng(seed)
+    path = tmp / name
+    np.savez(path, images=rng.integers(0, 256, (n, 8, 8, 1), dtype=np.uint8),
+             labels=rng.integers(0, 10, n).astype(np.int64))
+    return path
+
+
+#: settings that make bnstat take a second on tinynet
+FAST_BNSTAT = {"iterations": "3", "num_images": "16", "batch_size": "8"}
