@@ -1,0 +1,112 @@
+"""Parity of the exported ONNX file with the torch simulation (ARCHITECTURE.md, "the contract").
+
+The PyTorch simulation and the QDQ graph compute the same integers. With onnxruntime
+graph optimizations off, the QDQ graph runs Q/DQ and every op in float32, which is
+what the simulation does, so the logits agree to the LSB (a float Conv summing in a
+different order can, rarely, move a value across a rounding boundary). With them on,
+onnxruntime fuses DQ → op → Q into integer kernels (QLinearConv, QGemm, QLinearAdd …)
+that requantize with their own fixed-point/float rounding: a code can move by one,
+and that propagates; the error is expressed in output LSBs, as Brevitas' ORT tests do.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import torch
+
+from ..models.meta import ONNX_META_PREFIX
+from ..quant.model import QuantizedModel
+
+#: optimization levels → onnxruntime GraphOptimizationLevel names ("both" in check_parity = off + on)
+LEVELS = {"off": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
+          "on": "ORT_ENABLE_ALL"}
+
+
+def ort_session(path: str | os.PathLike, optimization: str = "on", *, threads: int | None = None,
+                optimized_model_filepath: str | os.PathLike | None = None):
+    """A CPU onnxruntime session at optimization level ``"off"`` (ORT_DISABLE_ALL), ``"basic"``,
+    ``"extended"`` (QDQ fusion into QLinearConv etc.) or ``"on"`` (ORT_ENABLE_ALL: plus layout
+    transforms such as NCHWc / NHWC).
+
+    ``optimized_model_filepath`` saves the graph onnxruntime actually runs (to see which
+    ops were fused into integer kernels).
+    """
+    import onnxruntime as ort
+
+    if optimization not in LEVELS:
+        raise ValueError(f"optimization must be one of {tuple(LEVELS)}, got {optimization!r}")
+    so = ort.SessionOptions()
+    so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, LEVELS[optimization])
+    if threads:
+        so.intra_op_num_threads = threads
+    if optimized_model_filepath is not None:
+        so.optimized_model_filepath = str(optimized_model_filepath)
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def _run_ort(sess, x: np.ndarray, batch_size: int) -> np.ndarray:
+    name = sess.get_inputs()[0].name
+    return np.concatenate([sess.run(None, {name: x[i:i + batch_size]})[0] for i in range(0, len(x), batch_size)])
+
+
+@torch.no_grad()
+def _run_torch(qmodel: QuantizedModel, x: torch.Tensor, batch_size: int) -> np.ndarray:
+    qmodel.eval()
+    return torch.cat([qmodel(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]).numpy()
+
+
+def check_parity(qmodel: QuantizedModel, qdq_path: str | os.PathLike, inputs: torch.Tensor, *,
+                 optimization: str = "both", batch_size: int = 256, threads: int | None = None) -> dict:
+    """Compare the torch simulation with onnxruntime on the same inputs.
+
+    Args:
+        qmodel: the quantized model that was exported (run as is: its quantizers' modes apply).
+        qdq_path: the exported ONNX file (qdq, int4 or fp32).
+        inputs: (N, C, H, W) float32 inputs in the normalized input space.
+        optimization: ``"off"`` (ORT_DISABLE_ALL), ``"on"`` (ORT_ENABLE_ALL), ``"both"`` (off and
+            on), or ``"basic"`` / ``"extended"``.
+        batch_size: inputs per run.
+        threads: onnxruntime intra-op threads (None: its default).
+
+    Returns:
+        ``{level: stats}`` for each level run (e.g. ``{"off": …, "on": …}``), where stats has
+        - ``agreement_top1``: % of inputs whose argmax logit is the same;
+        - ``max_abs_diff``: max |logits_ort − logits_torch| (float units);
+        - ``max_diff_lsb`` / ``mean_diff_lsb``: max / mean of that difference divided by the
+          output scale (the file's ``zqtool.output_scale``), None when the logits are not quantized;
+        - ``n``: number of inputs (0, with the other fields None, for empty ``inputs``).
+
+    Raises:
+        ValueError: ``inputs`` not 4-D, or an unknown ``optimization``.
+    """
+    levels = ["off", "on"] if optimization == "both" else [optimization]
+    for lv in levels:
+        if lv not in LEVELS:
+            raise ValueError(f"optimization must be 'off', 'on', 'both' (or 'basic'/'extended'), got {optimization!r}")
+    if inputs.numel() == 0:  # nothing to compare (e.g. an empty eval set)
+        return {lv: {"agreement_top1": None, "max_abs_diff": None, "max_diff_lsb": None,
+                     "mean_diff_lsb": None, "n": 0} for lv in levels}
+    if inputs.ndim != 4:
+        raise ValueError(f"inputs must be (N, C, H, W), got shape {tuple(inputs.shape)}")
+    x = inputs.detach().float().contiguous()
+    ref = _run_torch(qmodel, x, batch_size)
+    xn = x.numpy()
+    result = {}
+    for lv in levels:
+        sess = ort_session(qdq_path, lv, threads=threads)
+        props = sess.get_modelmeta().custom_metadata_map
+        scale = props.get(ONNX_META_PREFIX + "output_scale")
+        scale = None if scale is None else float(json.loads(scale))
+        out = _run_ort(sess, xn, batch_size)
+        diff = np.abs(out.astype(np.float64) - ref.astype(np.float64))
+        result[lv] = {
+            "agreement_top1": float(100.0 * np.mean(out.argmax(1) == ref.argmax(1))),
+            "max_abs_diff": float(diff.max()) if diff.size else 0.0,
+            "max_diff_lsb": None if scale is None else float(diff.max() / scale),
+            "mean_diff_lsb": None if scale is None else float(diff.mean() / scale),
+            "n": int(len(x)),
+        }
+    return result
