@@ -31,9 +31,9 @@ def handle_errors(fn):
         try:
             return fn(*args, **kwargs)
         except ZqError as e:
-            console.print(f"[bold red]error:[/] {e.message}", highlight=False)
+            console.print(f"[bold red]error:[/] {e.message}", highlight=False, soft_wrap=True)
             if e.hint:
-                console.print(f"  [dim]hint:[/] {e.hint}", highlight=False)
+                console.print(f"  [dim]hint:[/] {e.hint}", highlight=False, soft_wrap=True)
             raise typer.Exit(e.exit_code)
         except KeyboardInterrupt:
             console.print("[yellow]interrupted[/] — no partial artifact was kept; re-run to continue")
@@ -131,7 +131,7 @@ def load(model: Path = ModelArg, arch: Optional[str] = ArchOpt, input_shape: Opt
     m = fp.meta
     console.print(f"loaded {model} ({m.source_format}, arch={m.arch}) input {m.input_shape} "
                   f"classes {m.num_classes}")
-    out_console.print(str(fp.dir))
+    typer.echo(str(fp.dir))
 
 
 @app.command()
@@ -152,7 +152,7 @@ def quantize(model: Path = ModelArg, method: str = MethodOpt, bits: int = BitsOp
                            **_quant_options(method, bits, wbits, abits, first_last_bits, budget, recipe, set_,
                                             seed, device))
     console.print(f"quantized with {q.method} ({q.scheme.tag}); export with: zqtool export {q.dir}")
-    out_console.print(str(q.dir))
+    typer.echo(str(q.dir))
 
 
 @app.command()
@@ -167,7 +167,7 @@ def export(run_dir: Path = typer.Argument(..., help="A quantize run directory (p
         console.print("[yellow]note:[/] INT4/UINT4 Q/DQ runs in float on onnxruntime's CPU EP "
                       "(smaller file, slower than FP32); use --format qdq for integer kernels")
     console.print(f"verify with: zqtool verify {art.qdq_path} --data DATA")
-    out_console.print(str(art.qdq_path))
+    typer.echo(str(art.qdq_path))
 
 
 @app.command()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -228,23 +229,17 @@ def export_stage(q: QArtifact, *, fmt: str = "qdq", store: Store | None = None,
     art = OnnxArtifact(store.path(ONNX_STAGE, key), key, fmt)
     if store.done(ONNX_STAGE, key):
         return art
-    from .export import write_fp32, write_qdq
+    from .export import SimplifyWarning, write_fp32, write_qdq
     qmodel = q.model()
     props = {"zqtool.method": q.method, "zqtool.scheme": q.scheme.tag}
-    with store.build(ONNX_STAGE, key, {"q_dir": str(q.dir.resolve()), "q": q.key, "format": fmt}) as d:
-        warnings = []
-        w = write_qdq(qmodel, q.fp.meta, d / art.qdq_path.name, fmt=fmt, extra_props=props)
-        warnings += _warnings(w)
-        w = write_fp32(qmodel, q.fp.meta, d / art.fp32_path.name, extra_props=props)
-        warnings += _warnings(w)
-        write_json(d / "export.json", {"format": fmt, "warnings": warnings})
+    with store.build(ONNX_STAGE, key, {"q_dir": str(q.dir.resolve()), "q": q.key, "format": fmt}) as d, \
+            warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", SimplifyWarning)
+        write_qdq(qmodel, q.fp.meta, d / art.qdq_path.name, fmt=fmt, extra_props=props)
+        write_fp32(qmodel, q.fp.meta, d / art.fp32_path.name, extra_props=props)
+        write_json(d / "export.json", {"format": fmt, "warnings": [str(w.message) for w in caught
+                                                                   if issubclass(w.category, SimplifyWarning)]})
     return art
-
-
-def _warnings(result) -> list[str]:
-    if isinstance(result, tuple):
-        return [w for w in result[1:] if w]
-    return []
 
 
 # --------------------------------------------------------------------------- stage 4

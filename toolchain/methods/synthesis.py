@@ -89,7 +89,7 @@ def distill_images(teacher: torch.nn.Module, bn: BNStatistics, input_shape, mean
                 with torch.no_grad():
                     x.copy_(torch.max(torch.min(x, hi), lo))
             if progress is not None:
-                progress.advance(1, loss=float(loss))
+                progress.advance(1, loss=float(loss.detach()))
         out.append(x.detach().cpu()[: min(b, remaining)])
         remaining -= b
     return torch.cat(out)[: cfg.num_images]

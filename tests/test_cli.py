@@ -1,0 +1,83 @@
+"""The zqtool command line: each stage, and every user error as one line with a non-zero exit."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from toolchain.cli import app
+
+from helpers import tiny_npz, tiny_state_dict_file
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture
+def files(tmp_path):
+    return tiny_state_dict_file(tmp_path), tiny_npz(tmp_path)
+
+
+def test_stages_one_by_one(files, tmp_path):
+    model, data = files
+    out = tmp_path / "runs"
+    r = invoke("quantize", model, "--arch", "tinynet", "--method", "minmax", "--bits", "4", "--out", out)
+    assert r.exit_code == 0, r.output
+    qdir = r.stdout.strip().splitlines()[-1]
+    r = invoke("export", qdir, "--out", out)
+    assert r.exit_code == 0, r.output
+    qdq = r.stdout.strip().splitlines()[-1]
+    assert qdq.endswith("model.qdq.onnx")
+    report = tmp_path / "r.json"
+    r = invoke("verify", qdq, "--data", data, "--latency-runs", "2", "--json", report)
+    assert r.exit_code == 0, r.output
+    rep = json.loads(report.read_text())
+    assert rep["n_images"] == 40 and rep["integer_ops"]["conv_integer"] == rep["integer_ops"]["conv_total"]
+
+
+def test_run_writes_json_with_parity(files, tmp_path):
+    model, data = files
+    report = tmp_path / "r.json"
+    r = invoke("run", model, "--arch", "tinynet", "--data", data, "--method", "minmax", "--latency-runs", "2",
+               "--parity-images", "8", "--json", report, "--out", tmp_path / "runs")
+    assert r.exit_code == 0, r.output
+    rep = json.loads(report.read_text())
+    for key in ("fp32", "quantized", "agreement_top1", "latency_ms", "bytes", "integer_ops", "parity", "quantize"):
+        assert key in rep
+    assert "parity torch vs onnxruntime" in r.output
+
+
+@pytest.mark.parametrize("args,message", [
+    (["load", "{tmp}/missing.pt"], "does not exist"),
+    (["load", "{model}"], "--arch"),
+    (["load", "{model}", "--arch", "resnet20"], "missing"),
+    (["load", "{model}", "--arch", "tinynet", "--input-shape", "1,8"], "C,H,W"),
+    (["load", "{model}", "--arch", "tinynet", "--mean", "a,b"], "comma-separated numbers"),
+    (["quantize", "{model}", "--arch", "tinynet", "--bits", "9"], "2..8"),
+    (["quantize", "{model}", "--arch", "tinynet", "--method", "nope"], "unknown method"),
+    (["quantize", "{model}", "--arch", "tinynet", "--budget", "huge"], "--budget"),
+    (["quantize", "{model}", "--arch", "tinynet", "--method", "minmax", "--set", "num_std"], "key=value"),
+    (["quantize", "{model}", "--arch", "tinynet", "--method", "minmax", "--set", "bogus=1"], "unknown setting"),
+    (["export", "{tmp}"], "not a quantize run directory"),
+    (["verify", "{tmp}/none.onnx", "--data", "{data}"], "none.onnx"),
+    (["verify", "{model}", "--data", "{tmp}/none.npz"], ""),
+])
+def test_user_errors_are_one_clear_line(files, tmp_path, args, message):
+    model, data = files
+    args = [a.format(tmp=tmp_path, model=model, data=data) for a in args]
+    r = invoke(*args, *([] if args[0] in ("verify",) else ["--out", tmp_path / "runs"]))
+    assert r.exit_code == 2, r.output
+    assert "Traceback" not in r.output
+    assert "error:" in r.output and message in r.output
+    assert not (tmp_path / "runs" / "q").exists() or not any((tmp_path / "runs" / "q").iterdir())
+
+
+def test_list_shows_archs_and_methods():
+    r = invoke("list")
+    assert r.exit_code == 0
+    assert "resnet20" in r.output and "mobilenet_v2" in r.output and "bnstat" in r.output

@@ -1,0 +1,114 @@
+"""The four stages chained, content-keyed caching, atomic artifacts — on a tiny model in seconds."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from toolchain.artifacts import Store
+from toolchain.errors import ConfigError, InputFileError
+from toolchain.pipeline import QArtifact, export_stage, load_stage, quantize_stage, run
+from toolchain.quant.scheme import QuantScheme
+
+from helpers import FAST_BNSTAT, tiny_npz, tiny_state_dict_file
+
+
+@pytest.fixture
+def files(tmp_path):
+    return tiny_state_dict_file(tmp_path), tiny_npz(tmp_path)
+
+
+def stage_dirs(store: Store, stage: str) -> list:
+    d = store.root / stage
+    return sorted(p.name for p in d.iterdir() if not p.name.startswith(".")) if d.exists() else []
+
+
+def test_run_end_to_end_and_rerun_does_no_work(files, tmp_path):
+    model, data = files
+    store = Store(tmp_path / "runs")
+    kw = dict(load_options={"arch": "tinynet"}, method="bnstat", scheme=QuantScheme.from_bits(8),
+              overrides=FAST_BNSTAT, latency_runs=3, parity_images=16, store=store)
+    r1 = run(model, data, **kw)
+    assert r1["n_images"] == 40
+    assert r1["integer_ops"]["conv_integer"] == r1["integer_ops"]["conv_total"] > 0
+    assert r1["parity"]["off"]["max_diff_lsb"] == 0
+    assert set(r1["artifacts"]) >= {"fp", "q", "onnx", "qdq", "fp32"}
+    for stage in ("fp", "q", "onnx", "verify", "synth"):
+        assert len(stage_dirs(store, stage)) == 1, stage
+    mtimes = {p: p.stat().st_mtime_ns for p in store.root.rglob("*") if p.is_file()}
+    r2 = run(model, data, **kw)
+    assert r2 == r1  # served from the cache
+    assert {p: p.stat().st_mtime_ns for p in store.root.rglob("*") if p.is_file()} == mtimes
+
+
+def test_changing_only_data_reruns_only_verify(files, tmp_path):
+    model, data = files
+    store = Store(tmp_path / "runs")
+    kw = dict(load_options={"arch": "tinynet"}, method="minmax", latency_runs=3, parity_images=0, store=store)
+    run(model, data, **kw)
+    before = {s: stage_dirs(store, s) for s in ("fp", "q", "onnx", "verify")}
+    run(model, tiny_npz(tmp_path, n=24, seed=1, name="other.npz"), **kw)
+    after = {s: stage_dirs(store, s) for s in ("fp", "q", "onnx", "verify")}
+    assert after["fp"] == before["fp"] and after["q"] == before["q"] and after["onnx"] == before["onnx"]
+    assert len(after["verify"]) == 2
+
+
+def test_same_seed_same_weights_other_seed_other_synthetic_set(files, tmp_path):
+    model, _ = files
+    states = []
+    for i, seed in enumerate((0, 0, 1)):
+        store = Store(tmp_path / f"s{i}")
+        fp = load_stage(model, arch="tinynet", store=store)
+        q = quantize_stage(fp, method="bnstat", scheme=QuantScheme.from_bits(4), overrides=FAST_BNSTAT,
+                           seed=seed, store=store)
+        states.append(torch.load(q.dir / "quantized.pt", weights_only=True))
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+    assert any(not torch.equal(states[0][k], states[2][k]) for k in states[0])
+
+
+def test_a_failing_stage_leaves_no_artifact(files, tmp_path, monkeypatch):
+    model, _ = files
+    store = Store(tmp_path / "runs")
+    fp = load_stage(model, arch="tinynet", store=store)
+    from toolchain.methods.minmax import MinMax
+
+    def boom(self, ctx):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(MinMax, "run", boom)
+    with pytest.raises(KeyboardInterrupt):
+        quantize_stage(fp, method="minmax", store=store)
+    assert stage_dirs(store, "q") == []
+    assert not any((store.root / "q").iterdir())  # no temporary directory left either
+
+
+def test_quantize_artifact_records_how_it_was_made(files, tmp_path):
+    model, _ = files
+    store = Store(tmp_path / "runs")
+    fp = load_stage(model, arch="tinynet", store=store)
+    q = quantize_stage(fp, method="minmax", scheme=QuantScheme.from_bits(4, first_last_bits=6), store=store)
+    cfg = json.loads((q.dir / "config.json").read_text())
+    assert cfg["method"] == "minmax" and cfg["scheme"] == {"wbits": 4, "abits": 4, "first_last_bits": 6}
+    quant = json.loads((q.dir / "quant.json").read_text())
+    assert quant["wall_s"] >= 0 and any(r["name"] == "act_quant.input" for r in quant["quantizers"])
+    reopened = QArtifact.open(q.dir).model()
+    assert reopened.layers()["conv1"].weight_quant.bits == 6  # first layer
+    onnx = export_stage(q, store=store)
+    assert onnx.qdq_path.is_file() and onnx.fp32_path.is_file()
+
+
+def test_bad_inputs_are_clear_errors(files, tmp_path):
+    model, _ = files
+    store = Store(tmp_path / "runs")
+    with pytest.raises(InputFileError, match="does not exist"):
+        load_stage(tmp_path / "missing.pt", arch="tinynet", store=store)
+    fp = load_stage(model, arch="tinynet", store=store)
+    with pytest.raises(ConfigError, match="unknown method"):
+        quantize_stage(fp, method="zzz", store=store)
+    with pytest.raises(InputFileError, match="not a quantize run directory"):
+        QArtifact.open(tmp_path)
+    q = quantize_stage(fp, method="minmax", store=store)
+    with pytest.raises(ConfigError, match="--format"):
+        export_stage(q, fmt="int2", store=store)
+    assert stage_dirs(store, "onnx") == []
