@@ -272,9 +272,8 @@ def test_metadata_round_trip(exported):
     assert json.loads(props["zqtool.scheme"]) == qm.scheme.to_dict()
     assert json.loads(props["zqtool.method"]) == "minmax-test"
     assert json.loads(props["zqtool.format"]) == "qdq"
-    out_q = qm.act_quantizers()["act_quant.fc"]
-    assert json.loads(props["zqtool.output_scale"]) == pytest.approx(float(out_q.effective_scale()), rel=1e-7)
-    assert json.loads(props["zqtool.output_zero_point"]) == int(out_q.zero_point)
+    assert "act_quant.fc" not in qm.act_quantizers()  # logits stay float (QGemm dequantizes them)
+    assert "zqtool.output_scale" not in props
     assert not [f for f in os.listdir(path.parent) if f.endswith(".tmp")]  # atomic write left no temp file
 
 
@@ -288,7 +287,7 @@ def test_parity_with_onnxruntime(exported, inputs, kind, bits):
     off, on = res["off"], res["on"]
     assert off["n"] == on["n"] == len(inputs)
     # optimizations off: QDQ run in float = the simulation
-    assert off["max_diff_lsb"] == 0.0 and off["agreement_top1"] == 100.0
+    assert off["max_diff_lsb"] < 1.0 and off["agreement_top1"] == 100.0
     # optimizations on: integer kernels; requantization may move an output code
     assert on["max_diff_lsb"] <= ON_TOLERANCE_LSB and on["agreement_top1"] >= 95.0
 
@@ -341,7 +340,7 @@ def test_int4_format(exported, inputs, kind, bits):
     assert any(t.data_type == TensorProto.INT4 for t in model.graph.initializer)
     assert any(t.data_type == TensorProto.UINT4 for t in model.graph.initializer)  # activation zero points
     res = check_parity(qm, path, inputs)
-    assert res["off"]["max_diff_lsb"] == 0.0 and res["off"]["agreement_top1"] == 100.0
+    assert res["off"]["max_diff_lsb"] < 1.0 and res["off"]["agreement_top1"] == 100.0
     assert res["on"]["max_diff_lsb"] <= ON_TOLERANCE_LSB
 
 
@@ -384,11 +383,11 @@ def test_simplify_failure_keeps_unsimplified_model(exported, inputs, tmp_path, m
         path = write_qdq(qm, META, tmp_path / "m.onnx")
     props = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
     assert "zqtool.simplify_warning" in props
-    assert check_parity(qm, path, inputs[:8], optimization="off")["off"]["max_diff_lsb"] == 0.0
+    assert check_parity(qm, path, inputs[:8], optimization="off")["off"]["max_diff_lsb"] < 1.0
 
 
 def test_qdq_at_opset_21(exported, inputs, tmp_path):
     qm, _ = exported("sink", 4)
     path = write_qdq(qm, META, tmp_path / "m21.onnx", opset=21)
     assert onnx.load(str(path)).opset_import[0].version == 21
-    assert check_parity(qm, path, inputs[:16], optimization="off")["off"]["max_diff_lsb"] == 0.0
+    assert check_parity(qm, path, inputs[:16], optimization="off")["off"]["max_diff_lsb"] < 1.0

@@ -136,7 +136,7 @@ def test_rewrite_places_quantizers_per_deploy_scheme(qnet):
     assert kinds["act_quant.conv"] == "UintActPerTensorFloat"              # after ReLU6
     assert kinds["act_quant.conv1"] == "UintActPerTensorFloat"             # after ReLU
     assert kinds["act_quant.conv2"] == "ShiftedUintActPerTensorFloat"      # residual branch before the add
-    assert kinds["act_quant.fc"] == "ShiftedUintActPerTensorFloat"         # logits
+    assert "act_quant.fc" not in kinds                                     # logits stay float
     # every Conv/Linear/Add/Pool input is a quantizer output, possibly through slice/pad/flatten
     grid_ops = {"slice", "pad", "flatten"}
     for n in qm.gm.graph.nodes:
@@ -158,7 +158,6 @@ def test_first_last_layers_and_edges_get_first_last_bits(qnet):
     assert layers["conv1"].weight_quant.bits == 4
     aq = qm.act_quantizers()
     assert aq["act_quant.input"].bits == 8
-    assert aq["act_quant.fc"].bits == 8                      # logits
     assert aq["act_quant.adaptive_avg_pool2d"].bits == 8     # input of the last layer
     assert aq["act_quant.conv1"].bits == 4
 

@@ -11,7 +11,6 @@ and that propagates; the error is expressed in output LSBs, as Brevitas' ORT tes
 
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
@@ -52,6 +51,35 @@ def _run_ort(sess, x: np.ndarray, batch_size: int) -> np.ndarray:
     return np.concatenate([sess.run(None, {name: x[i:i + batch_size]})[0] for i in range(0, len(x), batch_size)])
 
 
+def _kind(path) -> str:
+    """"quantized" unless the file is a float reference (no QuantizeLinear node)."""
+    import onnx
+    model = onnx.load(str(path), load_external_data=False)
+    return "quantized" if any(n.op_type == "QuantizeLinear" for n in model.graph.node) else "float"
+
+
+@torch.no_grad()
+def output_lsb(qmodel: QuantizedModel) -> np.ndarray | None:
+    """The integer step of the model's output, float64: (1,) or (num_classes,), or None.
+
+    Quantized logits: the output quantizer's scale. Float logits from a QuantLinear/QuantConv2d
+    (the deploy default): its accumulator step ``s_in · s_w[c]`` per class — the unit in which
+    QGemm's int32 result is counted before it is dequantized.
+    """
+    from ..quant.layers import _QuantLayer
+    from ..quant.quantizers import _ActPerTensorFloat
+    out = next(n for n in qmodel.gm.graph.nodes if n.op == "output")
+    src = out.args[0][0] if isinstance(out.args[0], (tuple, list)) else out.args[0]
+    if getattr(src, "op", None) != "call_module":
+        return None
+    mod = qmodel.gm.get_submodule(src.target)
+    if isinstance(mod, _ActPerTensorFloat):
+        return mod.effective_scale().double().reshape(1).cpu().numpy()
+    if isinstance(mod, _QuantLayer) and mod.bias_scale() is not None:
+        return mod.bias_scale().double().cpu().numpy()
+    return None
+
+
 @torch.no_grad()
 def _run_torch(qmodel: QuantizedModel, x: torch.Tensor, batch_size: int) -> np.ndarray:
     qmodel.eval()
@@ -75,8 +103,8 @@ def check_parity(qmodel: QuantizedModel, qdq_path: str | os.PathLike, inputs: to
         ``{level: stats}`` for each level run (e.g. ``{"off": …, "on": …}``), where stats has
         - ``agreement_top1``: % of inputs whose argmax logit is the same;
         - ``max_abs_diff``: max |logits_ort − logits_torch| (float units);
-        - ``max_diff_lsb`` / ``mean_diff_lsb``: max / mean of that difference divided by the
-          output scale (the file's ``zqtool.output_scale``), None when the logits are not quantized;
+        - ``max_diff_lsb`` / ``mean_diff_lsb``: max / mean of that difference in output LSBs
+          (:func:`output_lsb`), None when the output has no integer step (an FP32 file);
         - ``n``: number of inputs (0, with the other fields None, for empty ``inputs``).
 
     Raises:
@@ -94,19 +122,19 @@ def check_parity(qmodel: QuantizedModel, qdq_path: str | os.PathLike, inputs: to
     x = inputs.detach().float().contiguous()
     ref = _run_torch(qmodel, x, batch_size)
     xn = x.numpy()
+    step = output_lsb(qmodel)
+    scale = None if step is None or "quantized" not in _kind(qdq_path) else step
     result = {}
     for lv in levels:
         sess = ort_session(qdq_path, lv, threads=threads)
-        props = sess.get_modelmeta().custom_metadata_map
-        scale = props.get(ONNX_META_PREFIX + "output_scale")
-        scale = None if scale is None else float(json.loads(scale))
         out = _run_ort(sess, xn, batch_size)
         diff = np.abs(out.astype(np.float64) - ref.astype(np.float64))
+        lsb = diff / scale if scale is not None else None
         result[lv] = {
             "agreement_top1": float(100.0 * np.mean(out.argmax(1) == ref.argmax(1))),
             "max_abs_diff": float(diff.max()) if diff.size else 0.0,
-            "max_diff_lsb": None if scale is None else float(diff.max() / scale),
-            "mean_diff_lsb": None if scale is None else float(diff.mean() / scale),
+            "max_diff_lsb": None if lsb is None else float(lsb.max()),
+            "mean_diff_lsb": None if lsb is None else float(lsb.mean()),
             "n": int(len(x)),
         }
     return result

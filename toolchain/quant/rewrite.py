@@ -313,6 +313,16 @@ def _consumers_on_grid(q: fx.Node) -> list[fx.Node]:
     return out
 
 
+def _feeds_only_output(n: fx.Node) -> bool:
+    """True when the node is used only as a graph output (the logits).
+
+    The logits enter no Conv/Linear/Add/Concat/Pool, so the deploy scheme leaves them in
+    float: onnxruntime's QGemm/QLinearConv still run in integer and dequantize their output.
+    Quantizing 1000 logits to 8 bits would clip the largest and tie many, flipping top-1.
+    """
+    return all(u.op == "output" for u in n.users)
+
+
 def quantize_graph(program, scheme: QuantScheme) -> QuantizedModel:
     """Build the quantized model of an FP program.
 
@@ -348,7 +358,7 @@ def quantize_graph(program, scheme: QuantScheme) -> QuantizedModel:
             ins.ensure_input_on_grid(a)
     for n in compute:
         pt = ins.output_point(n)
-        if ins.grid_of(pt) is None:
+        if ins.grid_of(pt) is None and not _feeds_only_output(pt):
             ins.quantize_at(pt)
     for n in compute:
         if n in layers:
