@@ -351,7 +351,7 @@ def test_misc_ops_run_on_onnxruntime(exported, inputs, fmt):
         res = check_parity(qm, path, inputs)
     for lv in ("off", "on"):  # log-probabilities, not quantized: float tolerance
         assert res[lv]["agreement_top1"] == 100.0 and res[lv]["max_abs_diff"] < 1e-4
-        assert res[lv]["max_diff_lsb"] is None
+        assert res[lv]["max_diff_lsb"] < 0.01  # in steps of an 8-bit grid over the output range
 
 
 # ---------------------------------------------------------------------------

@@ -223,7 +223,9 @@ def _run(run_fn, model, data, store, method, bits, wbits, abits, fl, budget, rec
                         **_quant_options(method, bits, wbits, abits, fl, budget, recipe, set_, seed, device))
     out_console.print(render_report(report))
     q = report["quantize"]
-    console.print(f"method {q['method']} ({q['budget']} budget), quantize wall time {q['wall_s']:.1f} s on {q['device']}")
+    extra = f" (+{q['method_s'] - q['wall_s']:.1f} s to build reused cached artifacts)" if q.get("reused") else ""
+    console.print(f"method {q['method']} ({q['budget']} budget), quantize wall time {q['wall_s']:.1f} s{extra} "
+                  f"on {q['device']}")
     p = report.get("parity")
     if p:
         console.print("parity torch vs onnxruntime: " + _parity_line(p), highlight=False)

@@ -51,33 +51,15 @@ def _run_ort(sess, x: np.ndarray, batch_size: int) -> np.ndarray:
     return np.concatenate([sess.run(None, {name: x[i:i + batch_size]})[0] for i in range(0, len(x), batch_size)])
 
 
-def _kind(path) -> str:
-    """"quantized" unless the file is a float reference (no QuantizeLinear node)."""
-    import onnx
-    model = onnx.load(str(path), load_external_data=False)
-    return "quantized" if any(n.op_type == "QuantizeLinear" for n in model.graph.node) else "float"
+def output_lsb(reference: np.ndarray, bits: int = 8) -> float:
+    """The output LSB used to express differences: the step of a ``bits``-bit grid spanning the
+    reference logits' observed range, ``(max − min) / (2**bits − 1)`` (float64).
 
-
-@torch.no_grad()
-def output_lsb(qmodel: QuantizedModel) -> np.ndarray | None:
-    """The integer step of the model's output, float64: (1,) or (num_classes,), or None.
-
-    Quantized logits: the output quantizer's scale. Float logits from a QuantLinear/QuantConv2d
-    (the deploy default): its accumulator step ``s_in · s_w[c]`` per class — the unit in which
-    QGemm's int32 result is counted before it is dequantized.
+    The deploy scheme leaves logits in float (QGemm dequantizes its int32 result), so there is no
+    output quantizer whose scale could serve; this is the step an 8-bit output would have had.
     """
-    from ..quant.layers import _QuantLayer
-    from ..quant.quantizers import _ActPerTensorFloat
-    out = next(n for n in qmodel.gm.graph.nodes if n.op == "output")
-    src = out.args[0][0] if isinstance(out.args[0], (tuple, list)) else out.args[0]
-    if getattr(src, "op", None) != "call_module":
-        return None
-    mod = qmodel.gm.get_submodule(src.target)
-    if isinstance(mod, _ActPerTensorFloat):
-        return mod.effective_scale().double().reshape(1).cpu().numpy()
-    if isinstance(mod, _QuantLayer) and mod.bias_scale() is not None:
-        return mod.bias_scale().double().cpu().numpy()
-    return None
+    span = float(reference.max() - reference.min()) if reference.size else 0.0
+    return span / (2 ** bits - 1) if span > 0 else 1.0
 
 
 @torch.no_grad()
@@ -104,7 +86,8 @@ def check_parity(qmodel: QuantizedModel, qdq_path: str | os.PathLike, inputs: to
         - ``agreement_top1``: % of inputs whose argmax logit is the same;
         - ``max_abs_diff``: max |logits_ort − logits_torch| (float units);
         - ``max_diff_lsb`` / ``mean_diff_lsb``: max / mean of that difference in output LSBs
-          (:func:`output_lsb`), None when the output has no integer step (an FP32 file);
+          (:func:`output_lsb`: the step of an 8-bit grid over the reference logits' range);
+        - ``lsb``: that step, in logit units;
         - ``n``: number of inputs (0, with the other fields None, for empty ``inputs``).
 
     Raises:
@@ -122,19 +105,19 @@ def check_parity(qmodel: QuantizedModel, qdq_path: str | os.PathLike, inputs: to
     x = inputs.detach().float().contiguous()
     ref = _run_torch(qmodel, x, batch_size)
     xn = x.numpy()
-    step = output_lsb(qmodel)
-    scale = None if step is None or "quantized" not in _kind(qdq_path) else step
+    scale = output_lsb(ref)
     result = {}
     for lv in levels:
         sess = ort_session(qdq_path, lv, threads=threads)
         out = _run_ort(sess, xn, batch_size)
         diff = np.abs(out.astype(np.float64) - ref.astype(np.float64))
-        lsb = diff / scale if scale is not None else None
+        lsb = diff / scale
         result[lv] = {
             "agreement_top1": float(100.0 * np.mean(out.argmax(1) == ref.argmax(1))),
             "max_abs_diff": float(diff.max()) if diff.size else 0.0,
             "max_diff_lsb": None if lsb is None else float(lsb.max()),
             "mean_diff_lsb": None if lsb is None else float(lsb.mean()),
+            "lsb": scale,
             "n": int(len(x)),
         }
     return result
