@@ -81,3 +81,30 @@ def test_list_shows_archs_and_methods():
     r = invoke("list")
     assert r.exit_code == 0
     assert "resnet20" in r.output and "mobilenet_v2" in r.output and "bnstat" in r.output
+
+
+def test_method_needing_bn_statistics_on_a_model_without_bn(tmp_path):
+    import torch
+    m = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(),
+                            torch.nn.Linear(144, 10)).eval()
+    ep = torch.export.export(m, (torch.randn(2, 1, 8, 8),), dynamic_shapes=({0: torch.export.Dim("batch")},))
+    path = tmp_path / "nobn.pt2"
+    torch.export.save(ep, str(path))
+    out = tmp_path / "runs"
+    r = invoke("quantize", path, "--method", "bnstat", "--mean", "0.5", "--std", "0.5", "--out", out)
+    assert r.exit_code == 2 and "needs BatchNorm statistics" in r.output and "Traceback" not in r.output
+    assert not (out / "q").exists() or not any((out / "q").iterdir())
+    # minmax needs no BN: moments are propagated through the weights
+    r = invoke("quantize", path, "--method", "minmax", "--mean", "0.5", "--std", "0.5", "--out", out)
+    assert r.exit_code == 0, r.output
+
+
+def test_unexpected_failure_is_one_line_not_a_traceback(files, tmp_path, monkeypatch):
+    import toolchain.pipeline as pipeline
+
+    def broken(*a, **k):
+        raise RuntimeError("something deep broke\nwith details")
+    monkeypatch.setattr(pipeline, "load_stage", broken)
+    r = invoke("load", files[0], "--arch", "tinynet", "--out", tmp_path / "runs")
+    assert r.exit_code == 1
+    assert "internal error (RuntimeError: something deep broke)" in r.output and "Traceback" not in r.output

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -38,6 +39,17 @@ def handle_errors(fn):
         except KeyboardInterrupt:
             console.print("[yellow]interrupted[/] — no partial artifact was kept; re-run to continue")
             raise typer.Exit(130)
+        except typer.Exit:
+            raise
+        except Exception as e:  # a bug, not a user error: still one clear line unless debugging
+            if os.environ.get("ZQTOOL_DEBUG"):
+                raise
+            first = (str(e).strip().splitlines() or [""])[0]
+            console.print(f"[bold red]error:[/] internal error ({type(e).__name__}: {first})",
+                          highlight=False, soft_wrap=True)
+            console.print("  [dim]hint:[/] no partial artifact was kept; re-run with ZQTOOL_DEBUG=1 for the "
+                          "traceback and report it", highlight=False, soft_wrap=True)
+            raise typer.Exit(1)
     return wrapper
 
 

@@ -244,8 +244,11 @@ def export_stage(q: QArtifact, *, fmt: str = "qdq", store: Store | None = None,
     with store.build(ONNX_STAGE, key, {"q_dir": str(q.dir.resolve()), "q": q.key, "format": fmt}) as d, \
             warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", SimplifyWarning)
+        task = progress("writing and simplifying ONNX (QDQ, FP32)", 2)
         write_qdq(qmodel, q.fp.meta, d / art.qdq_path.name, fmt=fmt, extra_props=props)
+        task.advance(1)
         write_fp32(qmodel, q.fp.meta, d / art.fp32_path.name, extra_props=props)
+        task.close()
         write_json(d / "export.json", {"format": fmt, "warnings": [str(w.message) for w in caught
                                                                    if issubclass(w.category, SimplifyWarning)]})
     return art

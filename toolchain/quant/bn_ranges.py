@@ -56,6 +56,21 @@ def _relu_moments(m: Moments) -> Moments:
     return Moments(mean, (ex2 - mean * mean).clamp_min(0.0))
 
 
+def _reshape_moments(m: Moments, node: fx.Node) -> Moments:
+    """Flattening (N, C, H, W) into (N, C·H·W) repeats each channel's moments H·W times (C-major)."""
+    val = node.meta.get("val")
+    if val is None or len(val.shape) < 2:
+        return m
+    features = 1
+    for d in val.shape[1:]:
+        features *= int(d)
+    c = m.mean.numel()
+    if features == c or features % c:
+        return m
+    r = features // c
+    return Moments(m.mean.repeat_interleave(r), m.var.repeat_interleave(r), m.hi_cap)
+
+
 class _Propagator(fx.Interpreter):
     def __init__(self, qmodel: QuantizedModel, input_moments: Moments, num_std: float):
         super().__init__(qmodel.gm)
@@ -113,8 +128,10 @@ class _Propagator(fx.Interpreter):
         if target in ops.CAT:
             parts = args[0]
             return Moments(torch.cat([p.mean for p in parts]), torch.cat([p.var for p in parts]))
-        if target in ops.AVG_POOL or target in ops.MAX_POOL or target in ops.RESHAPE:
+        if target in ops.AVG_POOL or target in ops.MAX_POOL:
             return args[0]
+        if target in ops.RESHAPE:
+            return _reshape_moments(args[0], node)
         if target in ops.SLICE:
             m, dim = args[0], args[1] if len(args) > 1 else 0
             if dim != 1:
