@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import warnings
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -21,6 +22,8 @@ app = typer.Typer(
     help="Zero-shot low-bit quantization of PyTorch CNNs to fully integer QDQ ONNX, verified on onnxruntime.\n\n"
          "Stages: load → quantize → export → verify (or `run` for all four). Artifacts are cached under --out "
          "by content, so a re-run only redoes what changed.")
+# torch.export's pytree specs warn on deepcopy (torch 2.13); nothing a user can act on
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*", category=FutureWarning)
 console = Console(stderr=True)
 out_console = Console()
 
