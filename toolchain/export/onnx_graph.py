@@ -21,6 +21,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from ..naming import unique_name
+
 
 @dataclass(eq=False)
 class Grid:
@@ -107,22 +109,14 @@ class GraphBuilder:
     # names -------------------------------------------------------------------
     def fresh(self, base: str) -> str:
         """A tensor name not used yet, ``base`` itself when free."""
-        name, i = base, 1
-        while name in self._names:
-            name, i = f"{base}_{i}", i + 1
-        self._names.add(name)
-        return name
+        return unique_name(base, self._names)
 
     def reserve(self, name: str) -> None:
         """Mark a name (e.g. the graph input) as taken."""
         self._names.add(name)
 
     def _node_name(self, base: str) -> str:
-        name, i = base, 1
-        while name in self._node_names:
-            name, i = f"{base}_{i}", i + 1
-        self._node_names.add(name)
-        return name
+        return unique_name(base, self._node_names)
 
     # nodes -------------------------------------------------------------------
     def node(self, op_type: str, inputs: Sequence[str], name: str, *, n_out: int = 1,

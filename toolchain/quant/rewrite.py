@@ -30,6 +30,7 @@ import torch
 from torch import fx
 
 from ..errors import UnsupportedModelError
+from ..naming import unique_name
 from . import ops
 from .fold import fold_bn
 from .layers import QuantConv2d, QuantLinear, _QuantLayer
@@ -98,12 +99,7 @@ def _val(gm, node):
 
 def _module_path(weight_node: fx.Node, taken: set[str]) -> str:
     path = weight_node.target.rsplit(".", 1)[0] if "." in weight_node.target else weight_node.target
-    base, i = path, 1
-    while path in taken:
-        path = f"{base}_{i}"
-        i += 1
-    taken.add(path)
-    return path
+    return unique_name(path, taken)
 
 
 def _replace_layers(gm: fx.GraphModule, scheme: QuantScheme) -> dict[fx.Node, _QuantLayer]:
@@ -243,11 +239,7 @@ class _Inserter:
         if n in self.qnodes:
             return self.qnodes[n]
         unsigned = _nonneg(n, self.nonneg)
-        base = _name_for(n, self.layers)
-        name, i = base, 1
-        while name in self.names:
-            name, i = f"{base}_{i}", i + 1
-        self.names.add(name)
+        name = unique_name(_name_for(n, self.layers), self.names)
         target = f"{ACT_QUANT_PREFIX}.{name}"
         cls = UintActPerTensorFloat if unsigned else ShiftedUintActPerTensorFloat
         self.gm.add_submodule(target, cls(8))
