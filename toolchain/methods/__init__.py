@@ -1,8 +1,11 @@
 """Zero-shot quantization methods and their shared parts.
 
-Registered methods: ``minmax`` and ``bnstat`` (baselines). Shared parts:
+Registered methods: ``minmax`` and ``bnstat`` (baselines), ``zaq``. Shared parts:
 :mod:`.taps` (feature taps on fx graphs), :mod:`.bn_stats` (BN-statistics losses),
-:mod:`.synthesis` (synthetic calibration sets), :mod:`.recipes` (TOML recipes).
+:mod:`.synthesis` (synthetic calibration sets), :mod:`.recipes` (TOML recipes),
+:mod:`.generators` (image generators), :mod:`.features` (stage-output taps matched between
+FP and quantized graphs), :mod:`.relation` (ZAQ's relation transforms), :mod:`.adversarial`
+(the max–min loop), :mod:`.checkpoint` (checkpoints and RNG states for resume).
 """
 
 from .registry import Method, MethodContext, get_method, list_methods, register_method  # noqa: F401
