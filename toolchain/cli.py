@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import warnings
 import sys
 from pathlib import Path
@@ -92,7 +93,7 @@ MethodOpt = typer.Option("bnstat", "--method", "-m", help="Zero-shot method (see
 BitsOpt = typer.Option(8, "--bits", "-b", help="Weight and activation bit width (2..8).")
 WbitsOpt = typer.Option(None, "--wbits", help="Weight bit width (overrides --bits).")
 AbitsOpt = typer.Option(None, "--abits", help="Activation bit width (overrides --bits).")
-FLOpt = typer.Option(8, "--first-last-bits", help="Bit width of the first and last layers, the input and logits.")
+FLOpt = typer.Option(8, "--first-last-bits", help="Bit width of the first and last layers (weights and input activations, the network input included).")
 BudgetOpt = typer.Option("cpu", "--budget", help="Recipe budget: cpu (minutes on 2 cores) or paper (published schedule).")
 RecipeOpt = typer.Option(None, "--recipe", help="A TOML recipe file instead of recipes/<method>.toml.")
 SetOpt = typer.Option(None, "--set", help="Override a method setting: --set iterations=50 (repeatable).")
@@ -271,8 +272,10 @@ def list_(what: str = typer.Argument("all", help="archs, methods or all")):
         from .methods.registry import get_method, list_methods
         out_console.print("[bold]methods[/] (--method NAME; recipes/<name>.toml):")
         for name in list_methods():
-            doc = (get_method(name).__module__ and sys.modules[get_method(name).__module__].__doc__ or "").strip()
-            out_console.print(f"  {name:<8} {doc.splitlines()[0] if doc else ''}")
+            doc = (sys.modules[get_method(name).__module__].__doc__ or "").strip()
+            first = doc.splitlines()[0] if doc else ""
+            first = re.sub(r"^``\w+``:\s*", "", first).replace("``", "")
+            out_console.print(f"  {name:<8} {first}", highlight=False)
 
 
 @app.command()

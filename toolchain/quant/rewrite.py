@@ -9,12 +9,13 @@ ATen graph of ``ExportedProgram.module()``:
    (per-channel weight quantizers, int32 bias);
 4. insert per-tensor activation quantizers so that every tensor entering a COMPUTE op
    (Conv, Linear, Add, Concat, average pooling) lies on an integer grid — the network input
-   included — and every COMPUTE output is quantized (after the ReLU/ReLU6 that follows it,
+   included — and every COMPUTE output that feeds another op is quantized (after the ReLU/ReLU6 that follows it,
    if any, so the quantizer is unsigned with zero_point 0 there). Ops that keep values
    on their input's grid (reshape, slice, zero padding, max pooling) need no quantizer;
 5. bit widths: the first and last Conv/Linear layers (no Conv/Linear before / after
-   them) get ``first_last_bits`` for their weights and input activations, and so do
-   the network input and the logits; everything else ``wbits``/``abits``.
+   them) get ``first_last_bits`` for their weights and input activations, and so does
+   the network input; everything else ``wbits``/``abits``. The logits (used only as the
+   graph output) are left in float.
 
 The FP program is not modified.
 """

@@ -22,9 +22,9 @@ class QuantScheme:
     Attributes:
         wbits: weight bit width of inner layers (2..8).
         abits: activation bit width of inner tensors (2..8).
-        first_last_bits: bit width of the first and last Conv/Linear layers' weights,
-            of their input activations (the network input included) and of the
-            output logits. Defaults to 8, the convention of the zero-shot literature.
+        first_last_bits: bit width of the first and last Conv/Linear layers' weights and
+            of their input activations (the network input included); the logits stay float.
+            Defaults to 8, the convention of the zero-shot literature.
 
     Raises:
         ConfigError: a bit width outside 2..8.
