@@ -173,6 +173,39 @@ def quantize(model: Path = ModelArg, method: str = MethodOpt, bits: int = BitsOp
 
 @app.command()
 @handle_errors
+def synth(model: Path = ModelArg, method: str = typer.Option("gznq", "--method", "-m", help="A method with a synthetic set (gznq)."),
+          budget: str = BudgetOpt, recipe: Optional[Path] = RecipeOpt, set_: Optional[List[str]] = SetOpt,
+          seed: int = SeedOpt, device: str = DeviceOpt, arch: Optional[str] = ArchOpt,
+          input_shape: Optional[str] = ShapeOpt, mean: Optional[str] = MeanOpt, std: Optional[str] = StdOpt,
+          num_classes: Optional[int] = ClassesOpt, trust_pickle: bool = PickleOpt, out: Path = OutOpt,
+          png: Optional[Path] = typer.Option(None, "--png", help="Write a PNG grid of the synthetic images (a row per class)."),
+          per_class: int = typer.Option(8, "--per-class", help="Images per class in the PNG grid.")):
+    """Build (or reuse) a method's synthetic calibration set — the one `quantize` reuses — and
+    optionally show it as a per-class PNG grid. Prints the artifact directory."""
+    from .artifacts import Store
+    from .methods.gznq import save_grid
+    from .methods.recipes import BUDGETS, parse_overrides
+    from .pipeline import load_stage, synth_stage
+    if budget not in BUDGETS and recipe is None:
+        raise ConfigError(f"--budget must be one of {', '.join(BUDGETS)}, got {budget!r}")
+    store = Store(out)
+    with _progress() as progress:
+        fp = load_stage(model, store=store, **_load_options(arch, input_shape, mean, std, num_classes, trust_pickle))
+        art = synth_stage(fp, method=method, budget=budget, recipe=recipe, overrides=parse_overrides(set_),
+                          seed=seed, device=device, store=store, progress=progress)
+    console.print(f"{len(art.images)} synthetic images ({method}, {budget} budget) in {art.dir}")
+    if png is not None:
+        if art.labels is None:
+            raise ConfigError(f"method {method!r} has no labels for a per-class grid")
+        scale = max(1, 64 // max(art.images.shape[-2:]))
+        w, h = save_grid(art.images, art.labels, art.meta.mean, art.meta.std, png,
+                         num_classes=art.meta.num_classes, per_class=per_class, scale=scale)
+        console.print(f"wrote {png} ({w}x{h} px, a row per class)")
+    typer.echo(str(art.dir))
+
+
+@app.command()
+@handle_errors
 def export(run_dir: Path = typer.Argument(..., help="A quantize run directory (printed by `zqtool quantize`)."),
            fmt: str = FormatOpt, out: Path = OutOpt):
     """Stage 3: write model.qdq.onnx and the FP32 reference model.fp32.onnx (onnxsim-simplified)."""

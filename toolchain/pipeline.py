@@ -191,19 +191,7 @@ def quantize_stage(fp: FPArtifact, *, method: str = "bnstat", scheme: QuantSchem
     qmodel = quantize_graph(program, scheme).to(dev)
 
     reused: dict[str, float] = {}  # cached artifacts this run reused → seconds they took to build
-
-    def cached(kind: str, k: dict, build):
-        skey = content_key({"stage": SYNTH_STAGE, "fp": fp.key, "kind": kind, "config": k, "seed": seed})
-        d = store.path(SYNTH_STAGE, skey)
-        if store.done(SYNTH_STAGE, skey):
-            reused[f"{kind}/{skey}"] = read_json(d / "config.json").get("build_s", 0.0)
-            return torch.load(d / "images.pt", weights_only=True)
-        t0 = time.perf_counter()
-        images = build()
-        with store.build(SYNTH_STAGE, skey, {"fp": fp.key, "kind": kind, "config": k, "seed": seed,
-                                             "build_s": time.perf_counter() - t0}) as tmp:
-            torch.save(images, tmp / "images.pt")
-        return images
+    cached = _synth_cache(store, fp, seed, reused)
 
     config = {"fp_dir": str(fp.dir.resolve()), "fp": fp.key, "method": method, "method_config": cfg_dict,
               "scheme": scheme.to_dict(), "seed": seed, "budget": budget, "device": str(dev)}
@@ -222,6 +210,77 @@ def quantize_stage(fp: FPArtifact, *, method: str = "bnstat", scheme: QuantSchem
                                       "quantizers": qmodel.summary()})
         write_json(d / "log.json", {"wall_s": wall, "method_s": method_s, **ctx.log})
     return QArtifact.open(store.path(Q_STAGE, key))
+
+
+def _synth_cache(store: Store, fp: FPArtifact, seed: int, reused: dict, built: dict | None = None):
+    """``MethodContext.cached``: artifacts under ``synth/<key>/images.pt`` keyed on the FP model,
+    the kind, the settings and the seed. ``reused[kind/key]`` gets the build seconds of each reused
+    artifact; ``built[kind]`` (if given) the directory of each artifact returned."""
+    import torch
+
+    def cached(kind: str, k: dict, build):
+        skey = content_key({"stage": SYNTH_STAGE, "fp": fp.key, "kind": kind, "config": k, "seed": seed})
+        d = store.path(SYNTH_STAGE, skey)
+        if built is not None:
+            built[kind] = d
+        if store.done(SYNTH_STAGE, skey):
+            reused[f"{kind}/{skey}"] = read_json(d / "config.json").get("build_s", 0.0)
+            return torch.load(d / "images.pt", weights_only=True)
+        t0 = time.perf_counter()
+        images = build()
+        with store.build(SYNTH_STAGE, skey, {"fp": fp.key, "kind": kind, "config": k, "seed": seed,
+                                             "build_s": time.perf_counter() - t0}) as tmp:
+            torch.save(images, tmp / "images.pt")
+        return images
+    return cached
+
+
+@dataclass(frozen=True)
+class SynthArtifact:
+    """A method's cached synthetic set: ``images`` (N, C, H, W) float32 in the normalized input
+    space (for gznq the learned per-image means), ``labels`` (N,) int64 (or None), and the
+    directory it is stored in."""
+
+    dir: Path
+    images: object
+    labels: object
+    meta: ModelMeta
+
+
+def synth_stage(fp: FPArtifact, *, method: str = "gznq", budget: str = "cpu", recipe: str | Path | None = None,
+                overrides: dict | None = None, seed: int = 0, device: str = "auto", store: Store | None = None,
+                progress=null_progress) -> SynthArtifact:
+    """Build (or reuse) the synthetic set a method calibrates on, the same artifact ``quantize``
+    reuses. Only methods with a ``synthesize(ctx)`` (e.g. gznq) have one.
+
+    Raises:
+        ConfigError (no synthetic set for ``method``, bad settings), UnsupportedModelError.
+    """
+    store = store or Store()
+    cls, cfg = method_config(method, budget, recipe, overrides)
+    if not hasattr(cls, "synthesize"):
+        raise ConfigError(f"method {method!r} has no synthetic set to show", "use --method gznq")
+    import torch
+    from .methods.registry import MethodContext
+    from .models.loader import require_batchnorm
+    from .quant.rewrite import fp_graph_module
+    dev = resolve_device(device)
+    program = fp.program()
+    if cls.needs_batchnorm:
+        require_batchnorm(program, method)
+    seed_everything(seed)
+    teacher = fp_graph_module(program).to(dev).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    built: dict = {}
+    ctx = MethodContext(teacher=teacher, qmodel=None, meta=fp.meta, scheme=None, device=dev, seed=seed,
+                        workdir=store.root / "work" / content_key({"stage": SYNTH_STAGE, "fp": fp.key, "method": method,
+                                                                    "config": dataclasses.asdict(cfg), "seed": seed}),
+                        progress=progress,
+                        cached=_synth_cache(store, fp, seed, {}, built))
+    out = cls(cfg).synthesize(ctx)
+    images, labels = (out.get("mean", out.get("images")), out.get("labels")) if isinstance(out, dict) else (out, None)
+    return SynthArtifact(next(iter(built.values())), images, labels, fp.meta)
 
 
 # --------------------------------------------------------------------------- stage 3
