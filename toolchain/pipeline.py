@@ -156,6 +156,24 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def _frozen_teacher(fp: FPArtifact, cls, method: str, seed: int, device: str):
+    """(device, FP program, frozen eval-mode FP GraphModule on the device); seeds the RNGs.
+
+    Raises UnsupportedModelError when the method needs BN statistics and the model has no BN.
+    """
+    from .models.loader import require_batchnorm
+    from .quant.rewrite import fp_graph_module
+    dev = resolve_device(device)
+    program = fp.program()
+    if cls.needs_batchnorm:
+        require_batchnorm(program, method)
+    seed_everything(seed)
+    teacher = fp_graph_module(program).to(dev).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return dev, program, teacher
+
+
 def quantize_stage(fp: FPArtifact, *, method: str = "bnstat", scheme: QuantScheme | None = None,
                    budget: str = "cpu", recipe: str | Path | None = None, overrides: dict | None = None,
                    seed: int = 0, device: str = "auto", store: Store | None = None,
@@ -177,17 +195,9 @@ def quantize_stage(fp: FPArtifact, *, method: str = "bnstat", scheme: QuantSchem
 
     import torch
     from .methods.registry import MethodContext
-    from .models.loader import require_batchnorm
-    from .quant.rewrite import fp_graph_module, quantize_graph
+    from .quant.rewrite import quantize_graph
 
-    dev = resolve_device(device)
-    program = fp.program()
-    if cls.needs_batchnorm:
-        require_batchnorm(program, method)
-    seed_everything(seed)
-    teacher = fp_graph_module(program).to(dev).eval()
-    for p in teacher.parameters():
-        p.requires_grad_(False)
+    dev, program, teacher = _frozen_teacher(fp, cls, method, seed, device)
     qmodel = quantize_graph(program, scheme).to(dev)
 
     reused: dict[str, float] = {}  # cached artifacts this run reused → seconds they took to build
@@ -260,18 +270,8 @@ def synth_stage(fp: FPArtifact, *, method: str = "gznq", budget: str = "cpu", re
     cls, cfg = method_config(method, budget, recipe, overrides)
     if not hasattr(cls, "synthesize"):
         raise ConfigError(f"method {method!r} has no synthetic set to show", "use --method gznq")
-    import torch
     from .methods.registry import MethodContext
-    from .models.loader import require_batchnorm
-    from .quant.rewrite import fp_graph_module
-    dev = resolve_device(device)
-    program = fp.program()
-    if cls.needs_batchnorm:
-        require_batchnorm(program, method)
-    seed_everything(seed)
-    teacher = fp_graph_module(program).to(dev).eval()
-    for p in teacher.parameters():
-        p.requires_grad_(False)
+    dev, program, teacher = _frozen_teacher(fp, cls, method, seed, device)
     built: dict = {}
     ctx = MethodContext(teacher=teacher, qmodel=None, meta=fp.meta, scheme=None, device=dev, seed=seed,
                         workdir=store.root / "work" / content_key({"stage": SYNTH_STAGE, "fp": fp.key, "method": method,

@@ -26,7 +26,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .checkpoint import Checkpointer
+from .checkpoint import Checkpointer, Resumable
 
 
 @dataclass
@@ -49,7 +49,7 @@ class Player:
     scheduler: object | None = None
 
 
-class MaxMinGame:
+class MaxMinGame(Resumable):
     """The round loop (see module docstring).
 
     Args:
@@ -102,14 +102,9 @@ class MaxMinGame:
                 p.scheduler.load_state_dict(state["schedulers"][p.name])
         self.curves = {k: list(v) for k, v in state["curves"].items()}
 
-    def restore(self) -> bool:
-        """Load the checkpoint if there is one (RNG states included). Returns whether it did."""
-        state = self.checkpointer.load()
-        if state is None:
-            return False
-        self.load_state_dict(state)
-        self.resumed_from = self.round
-        return True
+    @property
+    def position(self) -> int:
+        return self.round
 
     # ---- the loop ------------------------------------------------------------------
     @staticmethod

@@ -87,3 +87,29 @@ class Checkpointer:
         if self.path is not None:
             for p in (self.path, self.path.with_name(self.path.name + ".tmp")):
                 p.unlink(missing_ok=True)
+
+
+class Resumable:
+    """Mixin for long loops that checkpoint: ``state_dict()`` / ``load_state_dict()`` plus a
+    :class:`Checkpointer` give :meth:`restore`. Subclasses set ``self.checkpointer`` and
+    ``self.resumed_from = None`` and expose their progress counter as :attr:`position`.
+    """
+
+    checkpointer: "Checkpointer"
+    resumed_from: int | None
+
+    @property
+    def position(self) -> int:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def load_state_dict(self, state: dict) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def restore(self) -> bool:
+        """Load the checkpoint if there is one (RNG states included). Returns whether it did."""
+        state = self.checkpointer.load()
+        if state is None:
+            return False
+        self.load_state_dict(state)
+        self.resumed_from = self.position
+        return True

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
-from .checkpoint import Checkpointer
+from .checkpoint import Checkpointer, Resumable
 
 OPTIMIZERS = ("sgd", "adam")
 
@@ -71,7 +71,7 @@ def make_optimizer(params, name: str, lr: float, steps: int, momentum: float = 0
     return opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(steps, 1))
 
 
-class DistillLoop:
+class DistillLoop(Resumable):
     """Teacher → student distillation steps (see module docstring).
 
     Args:
@@ -114,14 +114,9 @@ class DistillLoop:
             self.scheduler.load_state_dict(state["scheduler"])
         self.curves = {k: list(v) for k, v in state["curves"].items()}
 
-    def restore(self) -> bool:
-        """Load the checkpoint if there is one (RNG states included). Returns whether it did."""
-        state = self.checkpointer.load()
-        if state is None:
-            return False
-        self.load_state_dict(state)
-        self.resumed_from = self.step
-        return True
+    @property
+    def position(self) -> int:
+        return self.step
 
     def after_step(self, step: int, losses: dict) -> None:
         """Hook called after every optimizer step (tests monkeypatch it)."""
