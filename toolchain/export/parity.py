@@ -16,7 +16,6 @@ import os
 import numpy as np
 import torch
 
-from ..models.meta import ONNX_META_PREFIX
 from ..quant.model import QuantizedModel
 
 #: optimization levels → onnxruntime GraphOptimizationLevel names ("both" in check_parity = off + on)
