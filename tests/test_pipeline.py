@@ -112,3 +112,31 @@ def test_bad_inputs_are_clear_errors(files, tmp_path):
     with pytest.raises(ConfigError, match="--format"):
         export_stage(q, fmt="int2", store=store)
     assert stage_dirs(store, "onnx") == []
+
+
+def test_fp32_reference_is_the_fp_model_even_after_fine_tuning(files, tmp_path, monkeypatch):
+    """A method that changes the weights (as ZAQ/GZNQ fine-tuning does) must not change the reference."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from toolchain.methods.minmax import MinMax
+    model, _ = files
+    store = Store(tmp_path / "runs")
+    fp = load_stage(model, arch="tinynet", store=store)
+    original = MinMax.run
+
+    def finetune_badly(self, ctx):
+        qm = original(self, ctx)
+        with torch.no_grad():
+            for layer in qm.layers().values():
+                layer.weight.mul_(-3.0)
+        return qm
+    monkeypatch.setattr(MinMax, "run", finetune_badly)
+    q = quantize_stage(fp, method="minmax", store=store)
+    onnx = export_stage(q, store=store)
+    x = torch.rand(4, 1, 8, 8) * 2 - 1
+    with torch.no_grad():
+        expected = fp.program().module()(x)
+    sess = ort.InferenceSession(str(onnx.fp32_path), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+    assert np.allclose(got, expected.numpy(), atol=1e-4)

@@ -57,10 +57,15 @@ class QArtifact:
     def model(self):
         """Rebuild the :class:`~toolchain.quant.model.QuantizedModel` (CPU, eval mode)."""
         import torch
-        from .quant.rewrite import quantize_graph
-        qm = quantize_graph(self.fp.program(), self.scheme)
+        qm = self.reference_model()
         qm.load_state_dict(torch.load(self.dir / "quantized.pt", map_location="cpu", weights_only=True))
         return qm.eval()
+
+    def reference_model(self):
+        """The same graph with the FP program's own (BN-folded) weights — what the FP32 reference
+        must be exported from: fine-tuning methods change the quantized model's weights."""
+        from .quant.rewrite import quantize_graph
+        return quantize_graph(self.fp.program(), self.scheme).eval()
 
     @classmethod
     def open(cls, d: str | Path) -> "QArtifact":
@@ -285,6 +290,9 @@ def synth_stage(fp: FPArtifact, *, method: str = "gznq", budget: str = "cpu", re
 
 # --------------------------------------------------------------------------- stage 3
 EXPORT_FORMATS = ("qdq", "int4")
+#: bumped when the ONNX written for the same quantized model changes (invalidates cached exports);
+#: 2: the FP32 reference comes from the FP program, not from the (possibly fine-tuned) quantized model
+EXPORT_WRITER_VERSION = 2
 
 
 def export_stage(q: QArtifact, *, fmt: str = "qdq", store: Store | None = None,
@@ -293,7 +301,7 @@ def export_stage(q: QArtifact, *, fmt: str = "qdq", store: Store | None = None,
     if fmt not in EXPORT_FORMATS:
         raise ConfigError(f"--format must be one of {', '.join(EXPORT_FORMATS)}, got {fmt!r}")
     store = store or Store()
-    key = content_key({"stage": ONNX_STAGE, "q": q.key, "format": fmt})
+    key = content_key({"stage": ONNX_STAGE, "q": q.key, "format": fmt, "writer": EXPORT_WRITER_VERSION})
     art = OnnxArtifact(store.path(ONNX_STAGE, key), key, fmt)
     if store.done(ONNX_STAGE, key):
         return art
@@ -306,7 +314,7 @@ def export_stage(q: QArtifact, *, fmt: str = "qdq", store: Store | None = None,
         task = progress("writing and simplifying ONNX (QDQ, FP32)", 2)
         write_qdq(qmodel, q.fp.meta, d / art.qdq_path.name, fmt=fmt, extra_props=props)
         task.advance(1)
-        write_fp32(qmodel, q.fp.meta, d / art.fp32_path.name, extra_props=props)
+        write_fp32(q.reference_model(), q.fp.meta, d / art.fp32_path.name, extra_props=props)
         task.close()
         write_json(d / "export.json", {"format": fmt, "warnings": [str(w.message) for w in caught
                                                                    if issubclass(w.category, SimplifyWarning)]})
