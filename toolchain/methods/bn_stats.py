@@ -80,3 +80,18 @@ class BNStatistics:
             else:
                 total = total + gaussian_kl(mu_hat, var_hat.clamp_min(1e-8), mu, var).mean()
         return total
+
+
+def teacher_with_bn_taps(ctx) -> tuple[torch.nn.Module, BNStatistics]:
+    """A fresh copy of the context's FP teacher (eval, on ``ctx.device``) with BN taps inserted.
+
+    Args:
+        ctx: a :class:`~toolchain.methods.registry.MethodContext`.
+    Returns:
+        (teacher fx.GraphModule, its :class:`BNStatistics`).
+    Raises:
+        UnsupportedModelError: the model has no BatchNorm.
+    """
+    from ..quant.rewrite import fp_graph_module
+    teacher = fp_graph_module(ctx.teacher).to(ctx.device).eval()
+    return teacher, BNStatistics(teacher).to(ctx.device)

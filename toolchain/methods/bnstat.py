@@ -16,7 +16,7 @@ import torch
 
 from ..errors import ConfigError
 from ..quant.calibrate import CALIBRATIONS, calibrate, set_input_range
-from .bn_stats import BNStatistics
+from .bn_stats import teacher_with_bn_taps
 from .registry import Method, MethodContext, register_method
 from .synthesis import SynthesisConfig, distill_images
 
@@ -24,9 +24,7 @@ from .synthesis import SynthesisConfig, distill_images
 def synthetic_set(ctx: MethodContext, cfg: SynthesisConfig) -> torch.Tensor:
     """The cached synthetic set for ``cfg`` (built on first use): (N, C, H, W) float32 CPU."""
     def build():
-        from ..quant.rewrite import fp_graph_module
-        teacher = fp_graph_module(ctx.teacher).to(ctx.device).eval()
-        bn = BNStatistics(teacher).to(ctx.device)
+        teacher, bn = teacher_with_bn_taps(ctx)
         steps = cfg.iterations * -(-cfg.num_images // cfg.batch_size)
         task = ctx.progress("synthesizing calibration images", steps)
         try:

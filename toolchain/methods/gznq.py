@@ -31,7 +31,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..quant.calibrate import CALIBRATIONS
-from .bn_stats import BN_LOSSES, BNStatistics
+from .bn_stats import BN_LOSSES, BNStatistics, teacher_with_bn_taps
 from .bnstat import calibrate_on
 from .checkpoint import Checkpointer
 from .distill import OPTIMIZERS, DistillLoop, kd_objective, make_optimizer
@@ -280,8 +280,8 @@ class GZNQ(Method):
     needs_batchnorm = True
 
     @dataclass(frozen=True)
-    class Config:
-        """Attributes: the synthesis settings of :class:`GZNQSynthesisConfig`, then
+    class Config(GZNQSynthesisConfig):
+        """Attributes: the synthesis settings inherited from :class:`GZNQSynthesisConfig`, then
             calibration, calib_draws: activation calibration on the synthetic distribution.
             finetune ("auto" | "on" | "off"; true/false accepted), finetune_below_bits.
             ft_steps, ft_batch_size, ft_optimizer ("sgd" | "adam"), ft_lr, ft_momentum,
@@ -289,19 +289,6 @@ class GZNQ(Method):
             checkpoint_every, log_every: fine-tuning checkpoints and loss-curve entries (steps).
         """
 
-        num_images: int = 256
-        batch_size: int = 64
-        iterations: int = 250
-        lr: float = 0.1
-        bn_loss: str = "kl"
-        bn_weight: float = 1.0
-        ce_weight: float = 0.1
-        tv_weight: float = 0.0
-        jitter: int = 2
-        flip: bool = True
-        reparameterize: bool = True
-        init_logvar: float = -4.0
-        clamp_to_pixels: bool = True
         calibration: str = "mse"
         calib_draws: int = 1
         finetune: str = "auto"
@@ -324,7 +311,7 @@ class GZNQ(Method):
             if f not in FINETUNE_MODES:
                 raise ConfigError(f"finetune must be one of {FINETUNE_MODES} (or true/false), got {self.finetune!r}")
             object.__setattr__(self, "finetune", f)
-            self.synthesis()  # validates the synthesis settings
+            GZNQSynthesisConfig.__post_init__(self)  # validates the synthesis settings
             if self.calibration not in CALIBRATIONS:
                 raise ConfigError(f"calibration must be one of {CALIBRATIONS}, got {self.calibration!r}")
             if self.ft_optimizer not in OPTIMIZERS:
@@ -353,9 +340,7 @@ class GZNQ(Method):
         cfg = self.config.synthesis()
 
         def build():
-            from ..quant.rewrite import fp_graph_module
-            teacher = fp_graph_module(ctx.teacher).to(ctx.device).eval()
-            bn = BNStatistics(teacher).to(ctx.device)
+            teacher, bn = teacher_with_bn_taps(ctx)
             steps = cfg.iterations * -(-cfg.num_images // cfg.batch_size)
             task = ctx.progress("GZNQ: learning the synthetic image distribution", steps)
             try:
