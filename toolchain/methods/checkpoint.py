@@ -113,3 +113,11 @@ class Resumable:
         self.load_state_dict(state)
         self.resumed_from = self.position
         return True
+
+    def run_with_progress(self, progress, description: str, total: int) -> dict:
+        """``self.run(task)`` under a progress task from ``progress(description, total)``, always closed."""
+        task = progress(description, total)
+        try:
+            return self.run(task)
+        finally:
+            task.close()

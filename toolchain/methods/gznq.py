@@ -395,11 +395,8 @@ class GZNQ(Method):
         try:
             if loop.restore():
                 ctx.log["resumed_from_step"] = loop.resumed_from
-            task = ctx.progress(f"GZNQ: {c.ft_steps} distillation steps", c.ft_steps)
-            try:
-                ctx.log["curves"] = loop.run(task)
-            finally:
-                task.close()
+            ctx.log["curves"] = loop.run_with_progress(ctx.progress, f"GZNQ: {c.ft_steps} distillation steps",
+                                                       c.ft_steps)
         finally:
             for p in qmodel.parameters():
                 p.grad = None

@@ -198,11 +198,8 @@ class ZAQ(Method):
                                    skip=["act_quant.input"] if ctx.log["input_range"] else ())
                 learn_scales()
                 ctx.log["initial_ranges"] = {k: list(v) for k, v in ranges.items()}
-            task = ctx.progress(f"ZAQ: {c.rounds} rounds of {c.q_steps} Q steps + 1 G step", c.rounds)
-            try:
-                ctx.log["curves"] = game.run(task)
-            finally:
-                task.close()
+            ctx.log["curves"] = game.run_with_progress(
+                ctx.progress, f"ZAQ: {c.rounds} rounds of {c.q_steps} Q steps + 1 G step", c.rounds)
         finally:
             t_taps.remove()
             s_taps.remove()
