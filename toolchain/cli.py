@@ -291,6 +291,80 @@ def _parity_line(p: dict) -> str:
     return "; ".join(parts) or json.dumps(p)
 
 
+@app.command()
+@handle_errors
+def compare(model: Path = ModelArg, data: Path = DataOpt,
+            methods: str = typer.Option("minmax,bnstat", "--methods", help="Comma-separated methods (see `zqtool list methods`)."),
+            bits: str = typer.Option("8,6,4,3", "--bits", help="Comma-separated bit widths, weights = activations (2..8)."),
+            first_last_bits: int = FLOpt, budget: str = BudgetOpt,
+            set_: Optional[List[str]] = typer.Option(None, "--set", help="Method setting: METHOD.key=value for one method, "
+                                                     "key=value for every listed method that has it (repeatable)."),
+            seed: int = SeedOpt, device: str = DeviceOpt, fmt: str = FormatOpt,
+            threads: str = typer.Option("1", "--threads", help="onnxruntime intra-op threads, comma-separated (e.g. 1,2): "
+                                        "every pair is verified at each."),
+            latency_runs: int = RunsOpt, limit: Optional[int] = LimitOpt,
+            parity_images: int = typer.Option(256, "--parity-images", help="Images for the torch-vs-ORT parity check (0: skip)."),
+            arch: Optional[str] = ArchOpt, input_shape: Optional[str] = ShapeOpt, mean: Optional[str] = MeanOpt,
+            std: Optional[str] = StdOpt, num_classes: Optional[int] = ClassesOpt, trust_pickle: bool = PickleOpt,
+            store: Path = typer.Option(Path("runs"), "--store", help="Root directory of the cached artifacts (as --out of `run`)."),
+            out: Optional[Path] = typer.Option(None, "--out", help="Where compare.json, compare.md, compare.png and reports/ "
+                                               "go (default: <store>/compare/<model file name>)."),
+            no_plot: bool = typer.Option(False, "--no-plot", help="Do not write compare.png.")):
+    """Every method × bit width through load → quantize → export → verify, one results table.
+
+    Cached stages are reused, so an interrupted compare resumes where it stopped. Writes
+    compare.json, compare.md (the README table) and compare.png (top-1 against bits); prints
+    the path of compare.json. A pair that fails is a `failed` row and the others still run;
+    the exit status is then 1.
+    """
+    import shlex
+
+    from .artifacts import Store
+    from .compare import compare as compare_fn
+    from .compare import parse_methods, render_rows, split_overrides
+    method_list = parse_methods(methods)
+    overrides = split_overrides(set_, method_list)
+    out = out or store / "compare" / Path(model).stem
+    done = {"n": 0}
+
+    def on_stage(name, result, _cached, seconds):
+        where = getattr(result, "dir", None)
+        console.print(f"  [green]✓[/] {name:<8} {seconds:7.1f} s  {where or ''}", highlight=False)
+
+    def on_pair_start(i, n, method, b):
+        console.rule(f"[{i + 1}/{n}] {method} W{b}A{b} (first/last {first_last_bits}-bit)")
+
+    def on_pair(row, i, n):
+        if row["status"] == "ok":
+            console.print(f"{row['method']} W{row['wbits']}A{row['abits']}: top-1 {row['top1']:.2f} ± "
+                          f"{row['top1_stderr']:.2f} (FP32 {row['fp32_top1']:.2f}), {row['pair_wall_s']:.1f} s",
+                          highlight=False)
+        else:
+            console.print(f"[red]✗[/] {row['method']} W{row['wbits']}A{row['abits']} failed: {row['error']}",
+                          highlight=False, soft_wrap=True)
+
+    with _progress() as progress:
+        result = compare_fn(model, data, methods=method_list, bits=bits, out_dir=out,
+                            load_options=_load_options(arch, input_shape, mean, std, num_classes, trust_pickle),
+                            first_last_bits=first_last_bits, budget=budget, overrides=overrides, seed=seed,
+                            device=device, fmt=fmt, threads=threads, limit=limit, latency_runs=latency_runs,
+                            parity_images=parity_images, store=Store(store), plot=not no_plot,
+                            command=shlex.join(["zqtool", *sys.argv[1:]]) if sys.argv[1:2] == ["compare"] else None,
+                            progress=progress, on_stage=on_stage, on_pair_start=on_pair_start, on_pair=on_pair)
+    out_console.print(render_rows(result["rows"]))
+    for w in result["warnings"]:
+        console.print(f"[yellow]warning:[/] {w}", highlight=False)
+    console.print(f"{len(result['rows'])} pairs in {result['wall_s']:.1f} s; wrote {result['outputs']['md']}"
+                  + (f", {result['plot']}" if result.get("plot") else ""), highlight=False, soft_wrap=True)
+    typer.echo(result["outputs"]["json"])
+    failed = [r for r in result["rows"] if r["status"] == "failed"]
+    if failed:
+        console.print(f"[bold red]{len(failed)} of {len(result['rows'])} pairs failed[/] (rows marked failed): "
+                      + "; ".join(f"{r['method']} W{r['wbits']}A{r['abits']}: {r['error']}" for r in failed),
+                      highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
+
+
 @app.command("list")
 @handle_errors
 def list_(what: str = typer.Argument("all", help="archs, methods or all")):
