@@ -354,7 +354,7 @@ def compare(model: Path = ModelArg, data: Path = DataOpt,
     out_console.print(render_rows(result["rows"]))
     for w in result["warnings"]:
         console.print(f"[yellow]warning:[/] {w}", highlight=False)
-    console.print(f"{len(result['rows'])} pairs in {result['wall_s']:.1f} s; wrote {result['outputs']['md']}"
+    console.print(f"{len(result['rows'])} pair{'s' if len(result['rows']) != 1 else ''} in {result['wall_s']:.1f} s; wrote {result['outputs']['md']}"
                   + (f", {result['plot']}" if result.get("plot") else ""), highlight=False, soft_wrap=True)
     typer.echo(result["outputs"]["json"])
     failed = [r for r in result["rows"] if r["status"] == "failed"]
