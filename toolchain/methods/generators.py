@@ -1,4 +1,4 @@
-"""Image generators for generative zero-shot quantization (shared by ZAQ and, later, LRQ).
+"""Image generators for generative zero-shot quantization (shared by ZAQ and LRQ).
 
 :class:`DFADGenerator` is the unconditional generator of DFAD (Fang et al. 2019) that
 ZAQ (Liu et al., CVPR 2021) uses unchanged (REFERENCES.md, "ZAQ")::
@@ -12,6 +12,10 @@ channels except the last, which goes to 64. For 32×32 inputs (h0 = w0 = 8, n_up
 this is exactly the published network. Larger inputs get more upsampling blocks
 (:func:`upsample_plan`), so the Linear layer stays small (h0, w0 ≤ 8); a size that is
 not ``h0·2**n_up`` is reached by a final bilinear resize (e.g. never needed for 32 or 224).
+
+:class:`ConditionalGenerator` is GDFQ's label-conditioned variant (Embedding(y) ⊙ z into the
+same body), optionally with a :class:`LargeKernelAttention` block after every upsampling
+block — LRQ's long-range generator.
 
 The output is in the model's *normalized* input space (the last BN makes every channel
 zero-mean, unit-variance over the batch); the generator runs in train mode always
@@ -80,18 +84,129 @@ class DFADGenerator(nn.Module):
         self.fc = nn.Linear(nz, 2 * ngf * self.h0 * self.w0)
         self.bn0 = nn.BatchNorm2d(2 * ngf)
         widths = [2 * ngf] * n_up + [ngf]
-        self.blocks = nn.Sequential(*[UpBlock(widths[i], widths[i + 1]) for i in range(n_up)])
+        self.blocks = nn.Sequential(*[self.make_block(widths[i], widths[i + 1]) for i in range(n_up)])
         self.head = nn.Sequential(nn.Conv2d(ngf, c, 3, stride=1, padding=1), nn.Tanh(),
                                   nn.BatchNorm2d(c, affine=False))
+
+    def make_block(self, cin: int, cout: int) -> nn.Module:
+        """One upsampling block (N, cin, h, w) → (N, cout, 2h, 2w); subclasses add to it."""
+        return UpBlock(cin, cout)
 
     def sample_latent(self, batch_size: int, device=None, generator: torch.Generator | None = None) -> torch.Tensor:
         """z ~ N(0, I): (batch_size, nz) float32."""
         return torch.randn(batch_size, self.nz, device=device, generator=generator)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.decode(z)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Latent (N, nz) → images (N, C, H, W): everything after the (conditioned) latent."""
         x = self.fc(z.flatten(1)).view(z.shape[0], -1, self.h0, self.w0)
         x = self.blocks(self.bn0(x))
         c, h, w = self.image_shape
         if x.shape[-2:] != (h, w):
             x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)
         return self.head(x)
+
+
+class LargeKernelAttention(nn.Module):
+    """Large-kernel attention (LKA) of VAN (Guo et al., "Visual Attention Network", 2022), used by
+    LRQ's long-range generator (Luo et al., arXiv 2211.06816; the block layout is our reading,
+    REFERENCES.md "LRQ")::
+
+        attn = Conv1×1( DWConv_{k2×k2, dilation d}( DWConv_{k1×k1}(x) ) );   out = x ⊙ attn
+
+    Both depthwise convolutions are "same"-padded, so the output has the input's shape, and one
+    output pixel sees a (k1 + (k2 − 1)·d)-wide square of the input (VAN: 5 + 6·3 = 23).
+
+    Args:
+        channels: C (the depthwise convolutions have C groups).
+        kernel: k1, odd (VAN: 5).
+        dilated_kernel: k2, odd (VAN: 7).
+        dilation: d ≥ 1 (VAN: 3).
+
+    Shapes:
+        (N, C, H, W) float32 → (N, C, H, W) float32.
+
+    Raises:
+        ConfigError: an even or non-positive kernel size, dilation < 1 or channels < 1.
+    """
+
+    def __init__(self, channels: int, kernel: int = 5, dilated_kernel: int = 7, dilation: int = 3):
+        super().__init__()
+        if channels < 1 or dilation < 1 or min(kernel, dilated_kernel) < 1 or \
+                kernel % 2 == 0 or dilated_kernel % 2 == 0:
+            raise ConfigError(f"LKA needs channels >= 1, odd kernel sizes >= 1 and dilation >= 1, got "
+                              f"channels={channels}, kernels=({kernel}, {dilated_kernel}), dilation={dilation}")
+        self.depthwise = nn.Conv2d(channels, channels, kernel, padding=kernel // 2, groups=channels)
+        self.dilated = nn.Conv2d(channels, channels, dilated_kernel, padding=dilation * (dilated_kernel // 2),
+                                 dilation=dilation, groups=channels)
+        self.pointwise = nn.Conv2d(channels, channels, 1)
+
+    @property
+    def receptive_field(self) -> int:
+        """Width in pixels of the input square one output pixel depends on: k1 + (k2 − 1)·d."""
+        return self.depthwise.kernel_size[0] + (self.dilated.kernel_size[0] - 1) * self.dilated.dilation[0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # channels-last: PyTorch's CPU dilated depthwise convolution is ~2.5x faster in that layout
+        a = x.contiguous(memory_format=torch.channels_last)
+        return x * self.pointwise(self.dilated(self.depthwise(a)))
+
+
+class ConditionalGenerator(DFADGenerator):
+    """GDFQ's label-conditioned generator (Xu et al., ECCV 2020; REFERENCES.md "GDFQ"), optionally
+    with a :class:`LargeKernelAttention` after every upsampling block (LRQ's long-range generator)::
+
+        h = Embedding(K, nz)(y) ⊙ z,  z ~ N(0, I) (N, nz)
+          → the :class:`DFADGenerator` body (Linear → BN → [×2 up → Conv3×3 → BN → LeakyReLU (→ LKA)] × n_up)
+          → head
+
+    GDFQ's CIFAR generator is exactly this body for 32×32 inputs (128 channels at 8×8, 128 → 64)
+    with nz = 100. Heads: ``"gdfq"`` — Conv3×3(ngf → C) → Tanh → BN(C, affine=False), GDFQ's (and
+    DFAD's) head, per-channel zero-mean unit-variance over the batch in the normalized input space;
+    ``"linear"`` — Conv3×3(ngf → C) only (the caller clamps to the pixel range).
+
+    Args:
+        image_shape: (C, H, W) of the model's input.
+        num_classes: K.
+        nz: latent size (GDFQ: 100).
+        ngf: base width (64).
+        lka: insert LKA blocks; lka_kernel, lka_dilated_kernel, lka_dilation: their sizes (5, 7, 3).
+        head: "gdfq" or "linear".
+
+    Shapes:
+        ``forward(z, y)``: z (N, nz) float32, y (N,) int64 in [0, K) → (N, C, H, W) float32.
+        N ≥ 2 in train mode (batch-statistics BN).
+
+    Raises:
+        ConfigError: num_classes < 1, an unknown head, or bad LKA sizes.
+    """
+
+    HEADS = ("gdfq", "linear")
+
+    def __init__(self, image_shape: tuple[int, int, int], num_classes: int, nz: int = 100, ngf: int = 64, *,
+                 lka: bool = True, lka_kernel: int = 5, lka_dilated_kernel: int = 7, lka_dilation: int = 3,
+                 head: str = "gdfq"):
+        if num_classes < 1:
+            raise ConfigError(f"a conditional generator needs num_classes >= 1, got {num_classes}")
+        if head not in self.HEADS:
+            raise ConfigError(f"generator head must be one of {self.HEADS}, got {head!r}")
+        self.lka = (lka_kernel, lka_dilated_kernel, lka_dilation) if lka else None
+        super().__init__(image_shape, nz=nz, ngf=ngf)
+        self.num_classes = num_classes
+        self.embed = nn.Embedding(num_classes, nz)
+        if head == "linear":
+            self.head = self.head[0]
+
+    def make_block(self, cin: int, cout: int) -> nn.Module:
+        if self.lka is None:
+            return super().make_block(cin, cout)
+        return nn.Sequential(UpBlock(cin, cout), LargeKernelAttention(cout, *self.lka))
+
+    def sample_labels(self, batch_size: int, device=None, generator: torch.Generator | None = None) -> torch.Tensor:
+        """y uniform over the classes (GDFQ): (batch_size,) int64."""
+        return torch.randint(0, self.num_classes, (batch_size,), device=device, generator=generator)
+
+    def forward(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.embed(y) * z.flatten(1))
