@@ -7,8 +7,11 @@ minimizes ``loss(student_logits, teacher_logits, y) -> {"loss": scalar, other sc
 
 - :func:`kd_loss` is Hinton et al.'s (2015) distillation loss,
   T²·KL(softmax(t/T) ‖ softmax(s/T)) averaged over the batch — the default;
-  LRQ plugs its decoupled KD (Zhao et al., CVPR 2022) in as another ``loss``.
-- :func:`make_optimizer` builds SGD (momentum, Nesterov off) or Adam with a cosine schedule.
+- :func:`dkd_loss` is decoupled KD (Zhao et al., "Decoupled Knowledge Distillation", CVPR 2022,
+  arXiv 2203.08679): KD split into its target-class (TCKD) and non-target-class (NCKD) parts,
+  KD = TCKD + (1 − p_t^T)·NCKD (their eq. 7), re-weighted as DKD = α·TCKD + β·NCKD (eq. 8);
+  LRQ uses it (:func:`dkd_objective`, or :func:`kd_objective` for its ablation).
+- :func:`make_optimizer` builds SGD (momentum, optionally Nesterov) or Adam with a cosine schedule.
 - :class:`DistillLoop` reports progress (``advance(1, lkd=…)``), records loss curves every
   ``log_every`` steps and checkpoints every ``checkpoint_every`` steps through a
   :class:`~.checkpoint.Checkpointer` (student, optimizer, scheduler, step, curves, RNG
@@ -28,6 +31,7 @@ from ..errors import ConfigError
 from .checkpoint import Checkpointer, Resumable
 
 OPTIMIZERS = ("sgd", "adam")
+DKD_TARGETS = ("label", "teacher")
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
@@ -59,13 +63,90 @@ def kd_objective(temperature: float = 1.0, ce_weight: float = 0.0) -> Callable:
     return loss
 
 
-def make_optimizer(params, name: str, lr: float, steps: int, momentum: float = 0.9, weight_decay: float = 0.0):
-    """(optimizer, cosine LR scheduler over ``steps`` steps) for ``name`` in :data:`OPTIMIZERS`."""
+def dkd_terms(student_logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor,
+              temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-sample parts of decoupled KD (Zhao et al., CVPR 2022), at temperature T.
+
+    With p = softmax(z/T), the binary target/non-target split b = [p_t, 1 − p_t] and the
+    distribution among the non-target classes p̂_i = p_i / (1 − p_t) (i ≠ t):
+    TCKD = T²·KL(b^T ‖ b^S), NCKD = T²·KL(p̂^T ‖ p̂^S), and T²·KL(p^T ‖ p^S) = TCKD + (1 − p_t^T)·NCKD.
+
+    Args:
+        student_logits, teacher_logits: (N, K) float32, K ≥ 2 (the teacher's is detached).
+        target: (N,) int64 class indices in [0, K).
+        temperature: T > 0.
+
+    Returns:
+        (tckd (N,), nckd (N,), p_t^T (N,)) float32 tensors (nats, T² included; p_t^T detached).
+
+    Raises:
+        ValueError: K < 2 or mismatched shapes.
+    """
+    if student_logits.shape != teacher_logits.shape or student_logits.ndim != 2 or student_logits.shape[1] < 2 \
+            or target.shape != student_logits.shape[:1]:
+        raise ValueError(f"dkd needs (N, K >= 2) logits of one shape and (N,) targets, got "
+                         f"{tuple(student_logits.shape)}, {tuple(teacher_logits.shape)}, {tuple(target.shape)}")
+    t = temperature
+    mask = F.one_hot(target, student_logits.shape[1]).bool()
+    log_s = F.log_softmax(student_logits / t, dim=1)
+    log_t = F.log_softmax(teacher_logits.detach() / t, dim=1)
+
+    def binary(logp):  # log [p_t, 1 - p_t], computed stably from the log-probabilities
+        lt = logp[mask]
+        return torch.stack([lt, torch.logsumexp(logp.masked_fill(mask, float("-inf")), dim=1)], dim=1)
+    bs, bt = binary(log_s), binary(log_t)
+    tckd = (bt.exp() * (bt - bs)).sum(1) * (t * t)
+    # p̂ over the non-target classes: a softmax with the target logit masked out
+    ns = F.log_softmax((student_logits / t).masked_fill(mask, float("-inf")), dim=1)
+    nt = F.log_softmax((teacher_logits.detach() / t).masked_fill(mask, float("-inf")), dim=1)
+    nckd = (nt.exp() * (nt - ns)).masked_fill(mask, 0.0).sum(1) * (t * t)
+    return tckd, nckd, bt[:, 0].exp()
+
+
+def dkd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor,
+             alpha: float = 1.0, beta: float = 8.0, temperature: float = 4.0) -> torch.Tensor:
+    """α·TCKD + β·NCKD averaged over the batch (DKD, Zhao et al. CVPR 2022, eq. 8; their CIFAR-100
+    defaults α = 1, β = 8, T = 4). Shapes and errors as :func:`dkd_terms`; returns a scalar (nats)."""
+    tckd, nckd, _ = dkd_terms(student_logits, teacher_logits, target, temperature)
+    return (alpha * tckd + beta * nckd).mean()
+
+
+def dkd_objective(alpha: float = 1.0, beta: float = 8.0, temperature: float = 4.0, ce_weight: float = 0.0,
+                  target: str = "label") -> Callable:
+    """A ``loss`` closure: DKD (+ ``ce_weight``·CE(student, y)). The target class is the given
+    label y (``target="label"``) or the teacher's top-1 class (``"teacher"``, also used when y is None)."""
+    if target not in DKD_TARGETS:
+        raise ConfigError(f"dkd target must be one of {DKD_TARGETS}, got {target!r}")
+
+    def loss(s: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None) -> dict:
+        cls = t.detach().argmax(1) if target == "teacher" or y is None else y
+        tckd, nckd, _ = dkd_terms(s, t, cls, temperature)
+        tckd, nckd = tckd.mean(), nckd.mean()
+        total = alpha * tckd + beta * nckd
+        out = {"loss": total, "tckd": tckd, "nckd": nckd}
+        if ce_weight and y is not None:
+            ce = F.cross_entropy(s, y)
+            out["loss"] = total + ce_weight * ce
+            out["ce"] = ce
+        return out
+    return loss
+
+
+def make_optimizer(params, name: str, lr: float, steps: int, momentum: float = 0.9, weight_decay: float = 0.0,
+                   *, nesterov: bool = False, betas: tuple[float, float] = (0.9, 0.999)):
+    """(optimizer, cosine LR scheduler over ``steps`` steps) for ``name`` in :data:`OPTIMIZERS`.
+
+    ``params`` may be tensors or parameter-group dicts (a group's own ``lr``/``weight_decay`` win).
+    ``nesterov`` applies to SGD (needs momentum > 0), ``betas`` to Adam.
+    Raises ConfigError for an unknown name or Nesterov without momentum.
+    """
     params = list(params)
     if name == "sgd":
-        opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+        if nesterov and momentum <= 0:
+            raise ConfigError("Nesterov SGD needs momentum > 0")
+        opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
     elif name == "adam":
-        opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+        opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, betas=betas)
     else:
         raise ConfigError(f"optimizer must be one of {OPTIMIZERS}, got {name!r}")
     return opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(steps, 1))
