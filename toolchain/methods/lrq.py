@@ -1,0 +1,288 @@
+"""``lrq``: Long-Range Zero-Shot Generative Deep Network Quantization (Luo, Gao, Zhang, Fan, Zhang, Xu;
+arXiv 2211.06816; Neural Networks 166, 2023) — our reading (the authors' repository is empty).
+
+Confirmed (abstract; REFERENCES.md "LRQ"): (1) a *long-range generator* with large-kernel
+convolution attention, so synthetic data carries global features; (2) *Adversarial Margin Add*
+(AMA), an angular margin that enlarges the intra-class angle between a feature vector and its
+class centre against the generator's classification loss; (3) *decoupled knowledge
+distillation* (DKD; Zhao et al., CVPR 2022, arXiv 2203.08679) from the FP model to the
+quantized model. Everything else follows GDFQ (Xu et al., ECCV 2020), the common generator
+baseline LRQ builds on.
+
+The method, on the shared parts (nothing copied from ZAQ):
+
+- Generator G (:class:`~.generators.ConditionalGenerator`): GDFQ's label-conditioned generator,
+  h = Embedding(y) ⊙ z (z ~ N(0, I), nz = 100, y uniform over the classes), the DFAD/GDFQ body
+  with a :class:`~.generators.LargeKernelAttention` (VAN's LKA: depthwise k1×k1 → depthwise
+  k2×k2 with dilation d → 1×1, multiplied into the input) after every upsampling block. Its
+  images are clamped to the normalized image of [0, 1] pixels before any model sees them.
+- G's loss: CE(AMA(P, G(z, y)), y) + ``bn_weight``·L_BN, where AMA (:mod:`.margin`) replaces the
+  FP model P's target logit by ‖f‖‖W_y‖·cos(θ_y + m) + b_y (f: the input of P's final Linear,
+  W_y: its weight row; ``ama_margin`` = m = 0 switches AMA off, plain GDFQ CE), and L_BN is the
+  BN-statistics loss of P on G's batch (:class:`~.bn_stats.BNStatistics`) averaged over BN layers.
+- Q's loss (Q: the deployable quantized model, BN folded, every tensor quantized):
+  DKD(Q(x), P(x); α·TCKD + β·NCKD at temperature T, the target class being G's label y)
+  (:func:`~.distill.dkd_objective`) or plain KD (:func:`~.distill.kd_objective`, the ablation),
+  + ``ce_weight``·CE(Q(x), y), x = G(z, y) detached.
+- Schedule: ``warmup_rounds`` generator-only rounds (GDFQ's warm-up), then the activation
+  ranges are calibrated on ``calib_batches`` batches of the warmed-up generator (the input gets
+  its exact normalized-pixel range), then ``rounds`` rounds of the shared alternating loop
+  (:class:`~.adversarial.MaxMinGame`): ``q_steps`` Q steps then ``g_steps`` G steps. G is not
+  maximizing the teacher–student discrepancy here; the loop is the same two-player alternation.
+  Q: SGD (optionally Nesterov) or Adam with cosine decay over the rounds
+  (:func:`~.distill.make_optimizer`); G: Adam (β1 = 0.5, GDFQ), cosine decay.
+  Checkpoints go into the run's work directory; a re-run of the same command continues
+  (warm-up and game alike) and only the final model is returned.
+
+Choices not confirmed by the paper (all config fields; defaults in parentheses):
+
+- LKA layout and sizes: VAN's block after every upsampling block (``lka`` on;
+  ``lka_kernel`` 5, ``lka_dilated_kernel`` 7, ``lka_dilation`` 3 — a 23-pixel receptive field);
+  ``lka = false`` is plain GDFQ's generator (ablation).
+- Generator head ``g_head`` ("gdfq": Conv → Tanh → BN(affine=False) as in GDFQ/DFAD; "linear":
+  the conv output only, clamped to the pixel range). ``nz`` (100), ``ngf`` (64), ``lr_g`` (1e-3),
+  ``g_beta1`` (0.5).
+- AMA form: ArcFace's additive angular margin on the target logit (``ama_margin`` m in radians,
+  0.5 as in ArcFace; 0 = off) at the natural scale ‖f‖‖W_y‖ with the bias kept (``ama_scale`` = 0),
+  so m = 0 reproduces the FP logits exactly; ``ama_scale`` = s > 0 uses ArcFace's normalized
+  logits s·cos θ instead. Beyond θ > π − m ArcFace's continuation cos θ − m·sin m.
+- BN loss: ``bn_loss`` ("l2": our ZeroQ/GDFQ-style squared distance of batch mean and standard
+  deviation — GDFQ compares variances — or "kl"), averaged over the BN layers as in GDFQ,
+  ``bn_weight`` (0.1, GDFQ).
+- DKD: target class = G's label (``dkd_target`` "label") or P's top-1 ("teacher"); α = ``dkd_alpha``
+  (1), β = ``dkd_beta`` (8), T = ``temperature`` (4): DKD's CIFAR-100 settings. DKD's own
+  warm-up of the loss weight is not implemented. ``distill = "kd"``: T²·KL at the same T (ablation).
+  ``ce_weight`` (0): CE of Q to G's labels (GDFQ uses 1 with real-label-free KD).
+- Q's optimizer (``optimizer`` "adam", ``lr_q``, ``momentum``, ``nesterov``, ``weight_decay``):
+  LRQ's is unpublished; GDFQ uses SGD-Nesterov lr 1e-4 (momentum 0.9, wd 1e-4) on a student
+  with unfolded BN. On our BN-folded model with DKD (β·T² = 128 scales the gradients) one such
+  SGD step took the DKD loss on ResNet-20 W4A4 from 27 to 620, while Adam at 1e-5 or 5e-5 lowered
+  it, so both recipes use Adam (``paper``: 1e-4, ``cpu``: 5e-5) — unvalidated beyond that probe.
+- ``learn_act_scales`` / ``learn_weight_scales`` (off): LSQ-style learning of the quantizer step
+  sizes (:mod:`.student`), in a separate group at lr_q·``scale_lr_ratio`` without weight decay.
+- ``warmup_rounds`` (GDFQ: 4 of 400 epochs), ``calibration`` ("mse"), ``calib_batches`` (4).
+- ``q_steps`` / ``g_steps`` (1 / 1, GDFQ's alternation).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import ConfigError
+from ..quant.calibrate import CALIBRATIONS
+from .adversarial import MaxMinGame, Player
+from .bn_stats import BN_LOSSES, teacher_with_bn_taps
+from .checkpoint import Checkpointer
+from .distill import DKD_TARGETS, OPTIMIZERS, dkd_objective, kd_objective, make_optimizer
+from .generators import ConditionalGenerator
+from .margin import ClassifierTap, margin_cross_entropy
+from .registry import Method, MethodContext, register_method
+from .student import calibrate_student, student_param_groups
+from .synthesis import pixel_bounds
+
+DISTILL = ("dkd", "kd")
+
+
+@register_method("lrq")
+class LRQ(Method):
+    """LRQ (see the module docstring for the method and every unconfirmed choice)."""
+
+    needs_batchnorm = True
+
+    @dataclass(frozen=True)
+    class Config:
+        """Attributes (defaults: GDFQ/DKD/VAN values where published; see the module docstring):
+            rounds: rounds of the alternating loop (GDFQ: 400 epochs × 200 iterations = 80000).
+            warmup_rounds: generator-only rounds before calibration (GDFQ: 4 × 200 = 800).
+            batch_size: generated images per step (GDFQ: 200; ≥ 2).
+            q_steps, g_steps: quantized-model and generator steps per round (1, 1).
+            nz, ngf: generator latent size (100) and width (64).
+            lka, lka_kernel, lka_dilated_kernel, lka_dilation: long-range blocks (on, 5, 7, 3).
+            g_head: "gdfq" or "linear".
+            lr_g, g_beta1: the generator's Adam (1e-3, 0.5).
+            ama_margin: AMA's angular margin m in radians (0.5; 0 = off).
+            ama_scale: 0 = natural scale ‖f‖‖W_y‖, s > 0 = ArcFace's fixed scale.
+            bn_loss, bn_weight: the generator's BN-statistics term ("l2", 0.1).
+            distill: "dkd" or "kd"; dkd_alpha, dkd_beta, temperature, dkd_target: DKD (1, 8, 4, "label").
+            ce_weight: CE of the quantized model to the generator's labels (0).
+            optimizer ("sgd" | "adam"), lr_q, momentum, nesterov, weight_decay: the quantized model's.
+            learn_act_scales, learn_weight_scales, scale_lr_ratio: LSQ-style step-size learning.
+            calibration, calib_batches: initial activation ranges from the warmed-up generator.
+            clamp_to_pixels: clamp generated images to the normalized [0, 1]-pixel range.
+            checkpoint_every: rounds between checkpoints (0: none); log_every: rounds between curve entries.
+        """
+
+        rounds: int = 80000
+        warmup_rounds: int = 800
+        batch_size: int = 200
+        q_steps: int = 1
+        g_steps: int = 1
+        nz: int = 100
+        ngf: int = 64
+        lka: bool = True
+        lka_kernel: int = 5
+        lka_dilated_kernel: int = 7
+        lka_dilation: int = 3
+        g_head: str = "gdfq"
+        lr_g: float = 1e-3
+        g_beta1: float = 0.5
+        ama_margin: float = 0.5
+        ama_scale: float = 0.0
+        bn_loss: str = "l2"
+        bn_weight: float = 0.1
+        distill: str = "dkd"
+        dkd_alpha: float = 1.0
+        dkd_beta: float = 8.0
+        temperature: float = 4.0
+        dkd_target: str = "label"
+        ce_weight: float = 0.0
+        optimizer: str = "adam"
+        lr_q: float = 1e-4
+        momentum: float = 0.9
+        nesterov: bool = True
+        weight_decay: float = 0.0
+        learn_act_scales: bool = False
+        learn_weight_scales: bool = False
+        scale_lr_ratio: float = 1.0
+        calibration: str = "mse"
+        calib_batches: int = 4
+        clamp_to_pixels: bool = True
+        checkpoint_every: int = 100
+        log_every: int = 10
+
+        def __post_init__(self):
+            if self.rounds < 0 or self.warmup_rounds < 0:
+                raise ConfigError(f"lrq needs rounds >= 0 and warmup_rounds >= 0, got {self.rounds}, "
+                                  f"{self.warmup_rounds}")
+            if self.q_steps < 1 or self.g_steps < 1:
+                raise ConfigError(f"lrq needs q_steps >= 1 and g_steps >= 1, got {self.q_steps}, {self.g_steps}")
+            if self.batch_size < 2:
+                raise ConfigError(f"batch_size must be >= 2 (the generator's BN uses batch statistics), "
+                                  f"got {self.batch_size}")
+            if self.nz < 1 or self.ngf < 1 or self.calib_batches < 1:
+                raise ConfigError("lrq needs nz, ngf and calib_batches >= 1")
+            if self.lka_dilation < 1 or min(self.lka_kernel, self.lka_dilated_kernel) < 1 or \
+                    self.lka_kernel % 2 == 0 or self.lka_dilated_kernel % 2 == 0:
+                raise ConfigError(f"LKA kernel sizes must be odd and >= 1 and lka_dilation >= 1, got "
+                                  f"{self.lka_kernel}, {self.lka_dilated_kernel}, {self.lka_dilation}")
+            if self.g_head not in ConditionalGenerator.HEADS:
+                raise ConfigError(f"g_head must be one of {ConditionalGenerator.HEADS}, got {self.g_head!r}")
+            if not 0.0 <= self.ama_margin < 3.14159 or self.ama_scale < 0:
+                raise ConfigError(f"ama_margin must be in [0, pi) radians (0 = off) and ama_scale >= 0, got "
+                                  f"{self.ama_margin}, {self.ama_scale}")
+            if self.bn_loss not in BN_LOSSES:
+                raise ConfigError(f"bn_loss must be one of {BN_LOSSES}, got {self.bn_loss!r}")
+            if self.distill not in DISTILL:
+                raise ConfigError(f"distill must be one of {DISTILL}, got {self.distill!r}")
+            if self.dkd_target not in DKD_TARGETS:
+                raise ConfigError(f"dkd_target must be one of {DKD_TARGETS}, got {self.dkd_target!r}")
+            if self.optimizer not in OPTIMIZERS:
+                raise ConfigError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+            if min(self.lr_q, self.lr_g, self.scale_lr_ratio, self.temperature) <= 0:
+                raise ConfigError("lr_q, lr_g, scale_lr_ratio and temperature must be > 0")
+            if not 0 <= self.g_beta1 < 1:
+                raise ConfigError(f"g_beta1 must be in [0, 1), got {self.g_beta1}")
+            if min(self.bn_weight, self.dkd_alpha, self.dkd_beta, self.ce_weight, self.momentum,
+                   self.weight_decay) < 0:
+                raise ConfigError("bn_weight, dkd_alpha, dkd_beta, ce_weight, momentum, weight_decay must be >= 0")
+            if self.optimizer == "sgd" and self.nesterov and self.momentum <= 0:
+                raise ConfigError("nesterov needs momentum > 0 (or set nesterov = false)")
+            if self.calibration not in CALIBRATIONS:
+                raise ConfigError(f"calibration must be one of {CALIBRATIONS}, got {self.calibration!r}")
+            if self.checkpoint_every < 0 or self.log_every < 1:
+                raise ConfigError("checkpoint_every must be >= 0 and log_every >= 1")
+
+    #: the warm-up and main loops of the last run (for tests and introspection)
+    warmup: MaxMinGame | None = None
+    game: MaxMinGame | None = None
+
+    def student_objective(self):
+        """``loss(student_logits, teacher_logits, y) -> {"loss", …}``: DKD or KD (+ CE to y)."""
+        c = self.config
+        if c.distill == "dkd":
+            return dkd_objective(c.dkd_alpha, c.dkd_beta, c.temperature, c.ce_weight, c.dkd_target)
+        return kd_objective(c.temperature, c.ce_weight)
+
+    def run(self, ctx: MethodContext):
+        c, dev, qmodel = self.config, ctx.device, ctx.qmodel
+        teacher, bn = teacher_with_bn_taps(ctx)
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+        classifier = ClassifierTap(teacher) if c.ama_margin > 0 or c.ama_scale > 0 else None
+        ctx.log["ama"] = None if classifier is None else {"classifier": classifier.node_name}
+        generator = ConditionalGenerator(
+            ctx.input_shape, ctx.meta.num_classes, nz=c.nz, ngf=c.ngf, lka=c.lka, lka_kernel=c.lka_kernel,
+            lka_dilated_kernel=c.lka_dilated_kernel, lka_dilation=c.lka_dilation, head=c.g_head).to(dev).train()
+        lo, hi = pixel_bounds(ctx.meta.mean, ctx.meta.std, dev)
+
+        def images(grad: bool):
+            with torch.set_grad_enabled(grad):
+                y = generator.sample_labels(c.batch_size, dev)
+                x = generator(generator.sample_latent(c.batch_size, dev), y)
+                return (torch.max(torch.min(x, hi), lo) if c.clamp_to_pixels else x), y
+
+        objective = self.student_objective()
+
+        def q_loss():
+            x, y = images(False)
+            with torch.no_grad():
+                t = teacher(x)
+            return objective(qmodel(x), t, y)
+
+        def g_loss():
+            x, y = images(True)
+            logits = teacher(x)
+            ce = (F.cross_entropy(logits, y) if classifier is None else
+                  margin_cross_entropy(classifier, logits, y, c.ama_margin, c.ama_scale))
+            l_bn = bn.loss(c.bn_loss) / len(bn)
+            acc = (logits.detach().argmax(1) == y).float().mean()
+            return {"loss": ce + c.bn_weight * l_bn, "ce": ce, "bn": l_bn, "acc": acc}
+
+        groups, q_params = student_param_groups(qmodel, c.lr_q, learn_weight_scales=c.learn_weight_scales,
+                                                learn_act_scales=c.learn_act_scales, scale_lr_ratio=c.scale_lr_ratio)
+        opt_q, sched_q = make_optimizer(groups, c.optimizer, c.lr_q, c.rounds, c.momentum, c.weight_decay,
+                                        nesterov=c.nesterov and c.optimizer == "sgd")
+        g_params = list(generator.parameters())
+        opt_g, sched_g = make_optimizer(g_params, "adam", c.lr_g, c.rounds, betas=(c.g_beta1, 0.999))
+        fingerprint = dataclasses.asdict(c)
+        # warm-up: generator steps only, no schedulers (the main loop's cosine starts after it)
+        warmup = MaxMinGame(
+            Player("q", q_loss, q_params, opt_q), Player("g", g_loss, g_params, opt_g),
+            rounds=c.warmup_rounds, modules={"generator": generator}, student_steps=0, generator_steps=c.g_steps,
+            checkpointer=Checkpointer(ctx.workdir, "lrq_warmup.ckpt", fingerprint),
+            checkpoint_every=c.checkpoint_every, log_every=c.log_every)
+        game = MaxMinGame(
+            Player("q", q_loss, q_params, opt_q, sched_q), Player("g", g_loss, g_params, opt_g, sched_g),
+            rounds=c.rounds, modules={"qmodel": qmodel, "generator": generator}, student_steps=c.q_steps,
+            generator_steps=c.g_steps, checkpointer=Checkpointer(ctx.workdir, "lrq.ckpt", fingerprint),
+            checkpoint_every=c.checkpoint_every, log_every=c.log_every)
+        self.warmup, self.game = warmup, game
+        qmodel.train()
+        try:
+            if game.restore():
+                ctx.log["resumed_from_round"] = game.resumed_from
+            else:
+                if warmup.restore():
+                    ctx.log["resumed_from_warmup_round"] = warmup.resumed_from
+                if c.warmup_rounds:
+                    ctx.log["warmup_curves"] = warmup.run_with_progress(
+                        ctx.progress, f"LRQ: {c.warmup_rounds} generator warm-up rounds", c.warmup_rounds)
+                    warmup.checkpointer.save(warmup.state_dict())  # the finished warm-up, for resume
+                with torch.no_grad():
+                    batches = [images(False)[0] for _ in range(c.calib_batches)]
+                ranges = calibrate_student(ctx, batches, c.calibration, learn_weight_scales=c.learn_weight_scales,
+                                           learn_act_scales=c.learn_act_scales)
+                ctx.log["initial_ranges"] = {k: list(v) for k, v in ranges.items()}
+            ctx.log["curves"] = game.run_with_progress(
+                ctx.progress, f"LRQ: {c.rounds} rounds of {c.q_steps} Q step(s) + {c.g_steps} G step(s)", c.rounds)
+        finally:  # the teacher is a private copy: its taps need no removal
+            qmodel.learn_scales(weights=False, acts=False)
+            for p in list(qmodel.parameters()) + g_params:
+                p.grad = None
+        game.checkpointer.clear()
+        warmup.checkpointer.clear()
+        return qmodel.eval()
