@@ -36,7 +36,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import platform
-import sys
 import time
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
