@@ -61,7 +61,9 @@ Choices not confirmed by the paper (all config fields; defaults in parentheses):
 - ``learn_act_scales`` / ``learn_weight_scales`` (off): LSQ-style learning of the quantizer step
   sizes (:mod:`.student`), in a separate group at lr_q·``scale_lr_ratio`` without weight decay.
 - ``warmup_rounds`` (GDFQ: 4 of 400 epochs), ``calibration`` ("mse"), ``calib_batches`` (4).
-- ``q_steps`` / ``g_steps`` (1 / 1, GDFQ's alternation).
+- ``q_steps`` / ``g_steps`` (1 / 1, GDFQ's alternation; the ``cpu`` recipe takes 2 Q steps per
+  G step so the short schedule spends more of its time fine-tuning).
+- Generator labels are drawn uniformly per batch (GDFQ), not class-balanced.
 """
 
 from __future__ import annotations
@@ -271,7 +273,8 @@ class LRQ(Method):
                 if c.warmup_rounds:
                     ctx.log["warmup_curves"] = warmup.run_with_progress(
                         ctx.progress, f"LRQ: {c.warmup_rounds} generator warm-up rounds", c.warmup_rounds)
-                    warmup.checkpointer.save(warmup.state_dict())  # the finished warm-up, for resume
+                    if c.checkpoint_every:  # the finished warm-up, so a resume skips it
+                        warmup.checkpointer.save(warmup.state_dict())
                 with torch.no_grad():
                     batches = [images(False)[0] for _ in range(c.calib_batches)]
                 ranges = calibrate_student(ctx, batches, c.calibration, learn_weight_scales=c.learn_weight_scales,
