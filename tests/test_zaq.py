@@ -160,12 +160,16 @@ def test_scales_fixed_by_default_and_learned_on_request(tiny):
 
 def test_config_is_validated():
     cls = get_method("zaq")
-    for bad in ({"batch_size": 1}, {"feature_weights": "magic"}, {"calibration": "x"}, {"q_steps": 0}):
+    for bad in ({"batch_size": 1}, {"feature_weights": "magic"}, {"calibration": "x"}, {"q_steps": 0},
+                {"optimizer": "lion"}):
         with pytest.raises(ConfigError):
             build_config(cls.Config, bad)
     cpu, paper = (build_config(cls.Config, load_recipe("zaq", b)) for b in ("cpu", "paper"))
     assert paper.rounds == 300 * 60 and paper.batch_size == 256 and paper.q_steps == 5
-    assert (paper.lr_q, paper.momentum, paper.weight_decay, paper.lr_g) == (0.1, 0.9, 5e-4, 1e-3)
+    assert (paper.momentum, paper.weight_decay, paper.lr_g) == (0.9, 5e-4, 1e-3)
+    assert cls.Config().optimizer == "sgd" and cls.Config().lr_q == 0.1  # the published optimizer
+    # both recipes use Adam: SGD at the published lr collapses the BN-folded student (zaq.toml)
+    assert (cpu.optimizer, paper.optimizer) == ("adam", "adam")
     assert cpu.rounds < paper.rounds
 
 

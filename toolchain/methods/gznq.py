@@ -36,6 +36,7 @@ from .bnstat import calibrate_on
 from .checkpoint import Checkpointer
 from .distill import OPTIMIZERS, DistillLoop, kd_objective, make_optimizer
 from .registry import Method, MethodContext, register_method
+from .student import set_learned_scales, student_param_groups
 from .synthesis import pixel_bounds
 
 FINETUNE_MODES = ("auto", "on", "off")
@@ -302,6 +303,9 @@ class GZNQ(Method):
         temperature: float = 4.0
         ft_ce_weight: float = 0.0
         ft_augment: bool = True
+        learn_act_scales: bool = False
+        learn_weight_scales: bool = False
+        scale_lr_ratio: float = 1.0
         checkpoint_every: int = 50
         log_every: int = 10
 
@@ -384,8 +388,9 @@ class GZNQ(Method):
                     x = jitter_flip(x, c.jitter, c.flip)
             return x, labels[idx]
 
-        params = [p for p in qmodel.parameters() if p.requires_grad]
-        opt, sched = make_optimizer(params, c.ft_optimizer, c.ft_lr, c.ft_steps, c.ft_momentum, c.ft_weight_decay)
+        groups, params = student_param_groups(qmodel, c.ft_lr, learn_weight_scales=c.learn_weight_scales,
+                                              learn_act_scales=c.learn_act_scales, scale_lr_ratio=c.scale_lr_ratio)
+        opt, sched = make_optimizer(groups, c.ft_optimizer, c.ft_lr, c.ft_steps, c.ft_momentum, c.ft_weight_decay)
         loop = DistillLoop(qmodel, teacher, sample, kd_objective(c.temperature, c.ft_ce_weight), params, opt, sched,
                            steps=c.ft_steps, batch_size=c.ft_batch_size,
                            checkpointer=Checkpointer(ctx.workdir, "gznq_ft.ckpt", dataclasses.asdict(c)),
@@ -398,6 +403,7 @@ class GZNQ(Method):
             ctx.log["curves"] = loop.run_with_progress(ctx.progress, f"GZNQ: {c.ft_steps} distillation steps",
                                                        c.ft_steps)
         finally:
+            set_learned_scales(qmodel, weights=False, acts=False)
             for p in qmodel.parameters():
                 p.grad = None
         loop.checkpointer.clear()

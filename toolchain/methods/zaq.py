@@ -11,8 +11,8 @@ max–min game (:class:`~.adversarial.MaxMinGame`) around the frozen FP model P:
   (the last term pushes the FP model's last-stage activations up).
 
 Q is the deployable model itself (BN folded, every tensor quantized); its weights and
-biases are fine-tuned with SGD (lr 0.1, momentum 0.9, wd 5e-4), G with Adam (lr 1e-3),
-both ×0.1 at 1/3 and 2/3 of the rounds. Before the game, the activation ranges are
+biases are fine-tuned with SGD (lr 0.1, momentum 0.9, wd 5e-4; ``optimizer = "adam"`` is our
+default in both recipes, see below), G with Adam (lr 1e-3), both ×0.1 at 1/3 and 2/3 of the rounds. Before the game, the activation ranges are
 calibrated on the untrained generator's first batches (the network input gets the exact
 normalized-pixel range). Only the final model is returned.
 
@@ -22,6 +22,11 @@ Choices not confirmed by the paper or the authors' code (REFERENCES.md), all con
   quantizer step sizes; the authors re-derive ranges in their own (non-deployable)
   quantizer. When on, scales are a separate SGD group with lr = ``lr_q·scale_lr_ratio``
   and no weight decay (our fake-quant has no LSQ gradient scaling).
+- ``optimizer`` ("sgd" published; the recipes use "adam"): the published SGD at lr 0.1 relies on
+  the BN layers of the authors' student, which make its conv weights scale-free. Our student has
+  BN folded, its gradients are up to 10× the weights' norm per layer (ResNet-20 W4A4), and SGD at
+  lr 1e-2 or 1e-3 collapsed it to ~10% top-1 within 10–20 rounds; Adam's per-weight steps of ≈ lr
+  keep the calibrated weights (measurements in ``recipes/zaq.toml``).
 - ``calibration`` ("mse") and ``calib_batches`` (4) for the initial ranges.
 - ``clamp_to_pixels`` (on): generated images are clamped to the normalized image of
   [0, 1] pixels before both models see them — the deployed input quantizer clips there
@@ -43,13 +48,15 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError
-from ..quant.calibrate import CALIBRATIONS, calibrate, set_input_range
+from ..quant.calibrate import CALIBRATIONS
 from .adversarial import MaxMinGame, Player
 from .checkpoint import Checkpointer
+from .distill import OPTIMIZERS, make_optimizer
 from .features import teacher_student_taps
 from .generators import DFADGenerator
 from .registry import Method, MethodContext, register_method
 from .relation import FEATURE_WEIGHTS, feature_discrepancy
+from .student import calibrate_student, set_learned_scales, student_param_groups
 from .synthesis import pixel_bounds
 
 
@@ -70,7 +77,8 @@ class ZAQ(Method):
             batch_size: generated images per step (paper: 256).
             q_steps: Q steps per G step (paper: 5).
             nz: latent size (paper: 256).
-            lr_q, momentum, weight_decay: SGD of Q (paper: 0.1, 0.9, 5e-4).
+            optimizer: Q's optimizer, "sgd" (paper) or "adam".
+            lr_q, momentum, weight_decay: Q's optimizer (paper SGD: 0.1, 0.9, 5e-4; momentum: SGD only).
             lr_g: Adam of G (paper: 1e-3).
             lr_decay: MultiStepLR factor at 1/3 and 2/3 of the rounds (paper: 0.1).
             alpha: weight of the feature term (code: 1.0).
@@ -89,6 +97,7 @@ class ZAQ(Method):
         batch_size: int = 256
         q_steps: int = 5
         nz: int = 256
+        optimizer: str = "sgd"
         lr_q: float = 0.1
         momentum: float = 0.9
         weight_decay: float = 5e-4
@@ -117,6 +126,8 @@ class ZAQ(Method):
                 raise ConfigError("zaq needs lr_q, lr_g, scale_lr_ratio > 0 and 0 < lr_decay <= 1")
             if min(self.momentum, self.weight_decay, self.alpha, self.beta, self.gamma) < 0:
                 raise ConfigError("momentum, weight_decay, alpha, beta, gamma must be >= 0")
+            if self.optimizer not in OPTIMIZERS:
+                raise ConfigError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
             if self.feature_weights not in FEATURE_WEIGHTS:
                 raise ConfigError(f"feature_weights must be one of {FEATURE_WEIGHTS}, got {self.feature_weights!r}")
             if self.calibration not in CALIBRATIONS:
@@ -164,22 +175,12 @@ class ZAQ(Method):
             act = feats_p[-1].abs().mean()
             return {"loss": -l_out - c.alpha * l_feat - c.beta * act, "out": l_out, "feat": l_feat, "act": act}
 
-        def learn_scales():  # the input keeps its exact normalized-pixel range
-            qmodel.learn_scales(weights=c.learn_weight_scales, acts=c.learn_act_scales)
-            if "act_quant.input" in qmodel.act_quantizers():
-                qmodel.act_quantizers()["act_quant.input"].learn_scale(False)
-
-        learn_scales()
-        scales = [q.scale for q in qmodel.quantizers() if q.scale.requires_grad]
-        scale_ids = {id(s) for s in scales}
-        weights = [p for p in qmodel.parameters() if p.requires_grad and id(p) not in scale_ids]
-        groups = [{"params": weights}]
-        if scales:
-            groups.append({"params": scales, "lr": c.lr_q * c.scale_lr_ratio, "weight_decay": 0.0})
-        opt_q = torch.optim.SGD(groups, lr=c.lr_q, momentum=c.momentum, weight_decay=c.weight_decay)
+        groups, q_params = student_param_groups(qmodel, c.lr_q, learn_weight_scales=c.learn_weight_scales,
+                                                learn_act_scales=c.learn_act_scales, scale_lr_ratio=c.scale_lr_ratio)
+        opt_q, _ = make_optimizer(groups, c.optimizer, c.lr_q, c.rounds, c.momentum, c.weight_decay)
         opt_g = torch.optim.Adam(generator.parameters(), lr=c.lr_g)
         game = MaxMinGame(
-            Player("q", q_loss, weights + scales, opt_q, multistep(opt_q, c.rounds, c.lr_decay)),
+            Player("q", q_loss, q_params, opt_q, multistep(opt_q, c.rounds, c.lr_decay)),
             Player("g", g_loss, list(generator.parameters()), opt_g, multistep(opt_g, c.rounds, c.lr_decay)),
             rounds=c.rounds, modules={"qmodel": qmodel, "generator": generator}, student_steps=c.q_steps,
             checkpointer=Checkpointer(ctx.workdir, "zaq.ckpt", fingerprint=dataclasses.asdict(c)),
@@ -190,20 +191,17 @@ class ZAQ(Method):
             if game.restore():
                 ctx.log["resumed_from_round"] = game.resumed_from
             else:
-                qmodel.learn_scales(weights=False, acts=False)  # calibration sets plain values
-                ctx.log["input_range"] = set_input_range(qmodel, ctx.meta.mean, ctx.meta.std)
                 with torch.no_grad():
                     batches = [images(False) for _ in range(c.calib_batches)]
-                ranges = calibrate(qmodel, batches, c.calibration,
-                                   skip=["act_quant.input"] if ctx.log["input_range"] else ())
-                learn_scales()
+                ranges = calibrate_student(ctx, batches, c.calibration, learn_weight_scales=c.learn_weight_scales,
+                                           learn_act_scales=c.learn_act_scales)
                 ctx.log["initial_ranges"] = {k: list(v) for k, v in ranges.items()}
             ctx.log["curves"] = game.run_with_progress(
                 ctx.progress, f"ZAQ: {c.rounds} rounds of {c.q_steps} Q steps + 1 G step", c.rounds)
         finally:
             t_taps.remove()
             s_taps.remove()
-            qmodel.learn_scales(weights=False, acts=False)
+            set_learned_scales(qmodel, weights=False, acts=False)
             for p in qmodel.parameters():
                 p.grad = None
         game.checkpointer.clear()
