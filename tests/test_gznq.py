@@ -239,3 +239,30 @@ def test_cli_synth_writes_the_png_grid(tmp_path):
     assert Path(r.stdout.strip().splitlines()[-1]).parent == tmp_path / "runs" / "synth"
     # 8×8 cells upscaled ×8, 2 per class, 10 classes, 2 px padding
     assert Image.open(png).size == (2 * (64 + 2) + 2, 10 * (64 + 2) + 2)
+
+
+@pytest.mark.parametrize("learn", [False, True])
+def test_gznq_finetuning_learns_scales_only_on_request(tiny, learn):
+    torch.manual_seed(0)
+    qm = quantize_graph(tiny.program, QuantScheme.from_bits(4))
+    ctx = MethodContext(teacher=fp_graph_module(tiny.program), qmodel=qm, meta=tiny.meta, scheme=qm.scheme,
+                        device=torch.device("cpu"))
+    cls = get_method("gznq")
+    calibrated = {}
+    orig = cls._finetune
+
+    def spy(self, ctx, dist, labels):  # the scales as calibration left them, just before fine-tuning
+        calibrated.update({n: q.scale.detach().clone() for n, q in ctx.qmodel.act_quantizers().items()})
+        return orig(self, ctx, dist, labels)
+
+    cls._finetune = spy
+    try:
+        out = cls(build_config(cls.Config, {**FAST_GZNQ, "ft_lr": 1e-2, "learn_act_scales": learn,
+                                            "learn_weight_scales": learn})).run(ctx)
+    finally:
+        cls._finetune = orig
+    moved = [n for n, q in out.act_quantizers().items()
+             if n != "act_quant.input" and not torch.equal(q.scale.detach(), calibrated[n])]
+    assert bool(moved) == learn
+    assert torch.equal(out.act_quantizers()["act_quant.input"].scale.detach(), calibrated["act_quant.input"])
+    assert not any(q.scale.requires_grad for q in out.quantizers())  # frozen again for export
