@@ -41,3 +41,38 @@ def tiny_npz(tmp: Path, n: int = 40, seed: int = 0, name: str = "tiny.npz") -> P
 
 #: settings that make bnstat take a second on tinynet
 FAST_BNSTAT = {"iterations": "3", "num_images": "16", "batch_size": "8"}
+
+
+def method_ctx(lm, workdir=None, bits: int = 4):
+    """A MethodContext for ``lm`` (a LoadedModel) quantized at ``bits`` (W = A), on the CPU."""
+    from toolchain.methods.registry import MethodContext
+    from toolchain.quant.rewrite import fp_graph_module, quantize_graph
+    from toolchain.quant.scheme import QuantScheme
+    qm = quantize_graph(lm.program, QuantScheme.from_bits(bits))
+    return MethodContext(teacher=fp_graph_module(lm.program), qmodel=qm, meta=lm.meta, scheme=qm.scheme,
+                         device=torch.device("cpu"), workdir=workdir)
+
+
+def run_method(name: str, lm, settings: dict, workdir=None):
+    """(method instance, its ctx, the returned quantized model) of one seeded in-process run of
+    method ``name`` with config ``settings`` at W4A4."""
+    from toolchain.methods.registry import build_config, get_method
+    torch.manual_seed(0)
+    ctx = method_ctx(lm, workdir)
+    cls = get_method(name)
+    method = cls(build_config(cls.Config, settings))
+    return method, ctx, method.run(ctx)
+
+
+def recording_progress(calls: list):
+    """A ``progress(description, total)`` factory whose tasks append ``(description, fields)`` to
+    ``calls`` on every ``advance``."""
+    def progress(description, total=None):
+        class Task:
+            def advance(self, n=1, **fields):
+                calls.append((description, fields))
+
+            def close(self):
+                pass
+        return Task()
+    return progress

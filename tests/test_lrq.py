@@ -18,13 +18,13 @@ from toolchain.methods.distill import dkd_loss, dkd_objective, dkd_terms, kd_los
 from toolchain.methods.generators import ConditionalGenerator, LargeKernelAttention
 from toolchain.methods.margin import ClassifierTap, add_angular_margin, classifier_node
 from toolchain.methods.recipes import load_recipe
-from toolchain.methods.registry import MethodContext, build_config, get_method
+from toolchain.methods.registry import build_config, get_method
 from toolchain.models.loader import export_model, load_model
 from toolchain.pipeline import export_stage, load_stage, quantize_stage
-from toolchain.quant.rewrite import fp_graph_module, quantize_graph
+from toolchain.quant.rewrite import fp_graph_module
 from toolchain.quant.scheme import QuantScheme
 
-from helpers import tiny_npz, tiny_state_dict_file
+from helpers import method_ctx, recording_progress, run_method, tiny_npz, tiny_state_dict_file
 
 #: settings that make lrq take well under a second on tinynet
 FAST_LRQ = {"rounds": 3, "warmup_rounds": 2, "batch_size": 8, "nz": 16, "ngf": 8, "calib_batches": 1,
@@ -36,19 +36,8 @@ def tiny(tmp_path_factory):
     return load_model(tiny_state_dict_file(tmp_path_factory.mktemp("m")), arch="tinynet")
 
 
-def ctx_for(lm, workdir=None, bits=4):
-    teacher = fp_graph_module(lm.program)
-    qm = quantize_graph(lm.program, QuantScheme.from_bits(bits))
-    return MethodContext(teacher=teacher, qmodel=qm, meta=lm.meta, scheme=qm.scheme,
-                         device=torch.device("cpu"), workdir=workdir)
-
-
 def run_lrq(lm, workdir=None, **settings):
-    torch.manual_seed(0)
-    ctx = ctx_for(lm, workdir)
-    cls = get_method("lrq")
-    method = cls(build_config(cls.Config, {**FAST_LRQ, **settings}))
-    return method, ctx, method.run(ctx)
+    return run_method("lrq", lm, {**FAST_LRQ, **settings}, workdir)
 
 
 # ----------------------------------------------------------------------------- LKA and generator
@@ -189,7 +178,7 @@ def test_schedule_is_warmup_then_n_quantized_steps_and_the_generator_steps(tiny,
 
 def test_lrq_calibrates_trains_and_logs(tiny):
     torch.manual_seed(0)
-    before = {k: v.clone() for k, v in ctx_for(tiny).qmodel.state_dict().items()}
+    before = {k: v.clone() for k, v in method_ctx(tiny).qmodel.state_dict().items()}
     method, ctx, qm = run_lrq(tiny, rounds=4, log_every=2)
     after = qm.state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before if k.endswith("weight"))
@@ -283,15 +272,7 @@ def test_lrq_through_the_pipeline_then_export(tmp_path):
     store = Store(tmp_path / "runs")
     fp = load_stage(tiny_state_dict_file(tmp_path), arch="tinynet", store=store)
     calls = []
-
-    def progress(description, total=None):
-        class Task:
-            def advance(self, n=1, **fields):
-                calls.append((description, fields))
-
-            def close(self):
-                pass
-        return Task()
+    progress = recording_progress(calls)
     q = quantize_stage(fp, method="lrq", scheme=QuantScheme.from_bits(4), overrides=FAST_LRQ, store=store,
                        progress=progress)
     log = json.loads((q.dir / "log.json").read_text())

@@ -14,7 +14,7 @@ from toolchain.methods.checkpoint import Checkpointer
 from toolchain.methods.features import match_nodes, stage_output_nodes, teacher_student_taps
 from toolchain.methods.generators import DFADGenerator, upsample_plan
 from toolchain.methods.recipes import load_recipe
-from toolchain.methods.registry import MethodContext, build_config, get_method
+from toolchain.methods.registry import build_config, get_method
 from toolchain.methods.relation import (channel_relation, feature_discrepancy, relation_discrepancy,
                                         spatial_relation)
 from toolchain.models.loader import export_model, load_model
@@ -23,7 +23,7 @@ from toolchain.pipeline import export_stage, load_stage, quantize_stage
 from toolchain.quant.rewrite import fp_graph_module, quantize_graph
 from toolchain.quant.scheme import QuantScheme
 
-from helpers import tiny_state_dict_file
+from helpers import method_ctx, recording_progress, run_method, tiny_state_dict_file
 
 #: settings that make zaq take well under a second on tinynet
 FAST_ZAQ = {"rounds": 3, "batch_size": 8, "calib_batches": 1, "checkpoint_every": 1, "log_every": 1}
@@ -34,19 +34,8 @@ def tiny(tmp_path_factory):
     return load_model(tiny_state_dict_file(tmp_path_factory.mktemp("m")), arch="tinynet")
 
 
-def ctx_for(lm, workdir=None, bits=4):
-    teacher = fp_graph_module(lm.program)
-    qm = quantize_graph(lm.program, QuantScheme.from_bits(bits))
-    return MethodContext(teacher=teacher, qmodel=qm, meta=lm.meta, scheme=qm.scheme,
-                         device=torch.device("cpu"), workdir=workdir)
-
-
 def run_zaq(lm, workdir=None, **settings):
-    torch.manual_seed(0)
-    ctx = ctx_for(lm, workdir)
-    cls = get_method("zaq")
-    method = cls(build_config(cls.Config, {**FAST_ZAQ, **settings}))
-    return method, ctx, method.run(ctx)
+    return run_method("zaq", lm, {**FAST_ZAQ, **settings}, workdir)
 
 
 # ----------------------------------------------------------------------------- generator
@@ -132,7 +121,7 @@ def test_schedule_is_n_quantized_steps_then_one_generator_step(tiny, monkeypatch
 
 def test_zaq_changes_weights_and_logs_curves(tiny):
     torch.manual_seed(0)
-    before = {k: v.clone() for k, v in ctx_for(tiny).qmodel.state_dict().items()}
+    before = {k: v.clone() for k, v in method_ctx(tiny).qmodel.state_dict().items()}
     method, ctx, qm = run_zaq(tiny, rounds=4, log_every=2)
     after = qm.state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before if k.endswith("weight"))
@@ -212,19 +201,11 @@ def test_zaq_through_the_pipeline_then_export(tmp_path):
     store = Store(tmp_path / "runs")
     fp = load_stage(tiny_state_dict_file(tmp_path), arch="tinynet", store=store)
     calls = []
-
-    def progress(description, total=None):
-        class Task:
-            def advance(self, n=1, **fields):
-                calls.append(fields)
-
-            def close(self):
-                pass
-        return Task()
+    progress = recording_progress(calls)
     q = quantize_stage(fp, method="zaq", scheme=QuantScheme.from_bits(4), overrides=FAST_ZAQ, store=store,
                        progress=progress)
     log = json.loads((q.dir / "log.json").read_text())
-    assert len(log["curves"]["round"]) == 3 and "lq" in calls[-1] and "lg" in calls[-1]
+    assert len(log["curves"]["round"]) == 3 and "lq" in calls[-1][1] and "lg" in calls[-1][1]
     assert not any((store.root / "work").rglob("zaq.ckpt"))
     onnx = export_stage(q, store=store)
     assert onnx.qdq_path.is_file()

@@ -75,7 +75,6 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError
-from ..quant.calibrate import CALIBRATIONS
 from .adversarial import MaxMinGame, Player
 from .bn_stats import BN_LOSSES, teacher_with_bn_taps
 from .checkpoint import Checkpointer
@@ -83,7 +82,7 @@ from .distill import DKD_TARGETS, OPTIMIZERS, dkd_objective, kd_objective, make_
 from .generators import ConditionalGenerator
 from .margin import ClassifierTap, margin_cross_entropy
 from .registry import Method, MethodContext, register_method
-from .student import calibrate_student, student_param_groups
+from .student import StudentConfig, calibrate_student, set_learned_scales, student_param_groups
 from .synthesis import pixel_bounds
 
 DISTILL = ("dkd", "kd")
@@ -96,7 +95,7 @@ class LRQ(Method):
     needs_batchnorm = True
 
     @dataclass(frozen=True)
-    class Config:
+    class Config(StudentConfig):
         """Attributes (defaults: GDFQ/DKD/VAN values where published; see the module docstring):
             rounds: rounds of the alternating loop (GDFQ: 400 epochs × 200 iterations = 80000).
             warmup_rounds: generator-only rounds before calibration (GDFQ: 4 × 200 = 800).
@@ -112,10 +111,8 @@ class LRQ(Method):
             distill: "dkd" or "kd"; dkd_alpha, dkd_beta, temperature, dkd_target: DKD (1, 8, 4, "label").
             ce_weight: CE of the quantized model to the generator's labels (0).
             optimizer ("sgd" | "adam"), lr_q, momentum, nesterov, weight_decay: the quantized model's.
-            learn_act_scales, learn_weight_scales, scale_lr_ratio: LSQ-style step-size learning.
-            calibration, calib_batches: initial activation ranges from the warmed-up generator.
-            clamp_to_pixels: clamp generated images to the normalized [0, 1]-pixel range.
-            checkpoint_every: rounds between checkpoints (0: none); log_every: rounds between curve entries.
+            and the shared student fields of :class:`~.student.StudentConfig` (scale learning,
+            calibration — here on the warmed-up generator's batches —, pixel clamping, checkpoints, logging).
         """
 
         rounds: int = 80000
@@ -147,16 +144,9 @@ class LRQ(Method):
         momentum: float = 0.9
         nesterov: bool = True
         weight_decay: float = 0.0
-        learn_act_scales: bool = False
-        learn_weight_scales: bool = False
-        scale_lr_ratio: float = 1.0
-        calibration: str = "mse"
-        calib_batches: int = 4
-        clamp_to_pixels: bool = True
-        checkpoint_every: int = 100
-        log_every: int = 10
 
         def __post_init__(self):
+            super().__post_init__()
             if self.rounds < 0 or self.warmup_rounds < 0:
                 raise ConfigError(f"lrq needs rounds >= 0 and warmup_rounds >= 0, got {self.rounds}, "
                                   f"{self.warmup_rounds}")
@@ -165,8 +155,8 @@ class LRQ(Method):
             if self.batch_size < 2:
                 raise ConfigError(f"batch_size must be >= 2 (the generator's BN uses batch statistics), "
                                   f"got {self.batch_size}")
-            if self.nz < 1 or self.ngf < 1 or self.calib_batches < 1:
-                raise ConfigError("lrq needs nz, ngf and calib_batches >= 1")
+            if self.nz < 1 or self.ngf < 1:
+                raise ConfigError("lrq needs nz and ngf >= 1")
             if self.lka_dilation < 1 or min(self.lka_kernel, self.lka_dilated_kernel) < 1 or \
                     self.lka_kernel % 2 == 0 or self.lka_dilated_kernel % 2 == 0:
                 raise ConfigError(f"LKA kernel sizes must be odd and >= 1 and lka_dilation >= 1, got "
@@ -184,8 +174,8 @@ class LRQ(Method):
                 raise ConfigError(f"dkd_target must be one of {DKD_TARGETS}, got {self.dkd_target!r}")
             if self.optimizer not in OPTIMIZERS:
                 raise ConfigError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
-            if min(self.lr_q, self.lr_g, self.scale_lr_ratio, self.temperature) <= 0:
-                raise ConfigError("lr_q, lr_g, scale_lr_ratio and temperature must be > 0")
+            if min(self.lr_q, self.lr_g, self.temperature) <= 0:
+                raise ConfigError("lr_q, lr_g and temperature must be > 0")
             if not 0 <= self.g_beta1 < 1:
                 raise ConfigError(f"g_beta1 must be in [0, 1), got {self.g_beta1}")
             if min(self.bn_weight, self.dkd_alpha, self.dkd_beta, self.ce_weight, self.momentum,
@@ -193,10 +183,6 @@ class LRQ(Method):
                 raise ConfigError("bn_weight, dkd_alpha, dkd_beta, ce_weight, momentum, weight_decay must be >= 0")
             if self.optimizer == "sgd" and self.nesterov and self.momentum <= 0:
                 raise ConfigError("nesterov needs momentum > 0 (or set nesterov = false)")
-            if self.calibration not in CALIBRATIONS:
-                raise ConfigError(f"calibration must be one of {CALIBRATIONS}, got {self.calibration!r}")
-            if self.checkpoint_every < 0 or self.log_every < 1:
-                raise ConfigError("checkpoint_every must be >= 0 and log_every >= 1")
 
     #: the warm-up and main loops of the last run (for tests and introspection)
     warmup: MaxMinGame | None = None
@@ -283,7 +269,7 @@ class LRQ(Method):
             ctx.log["curves"] = game.run_with_progress(
                 ctx.progress, f"LRQ: {c.rounds} rounds of {c.q_steps} Q step(s) + {c.g_steps} G step(s)", c.rounds)
         finally:  # the teacher is a private copy: its taps need no removal
-            qmodel.learn_scales(weights=False, acts=False)
+            set_learned_scales(qmodel, weights=False, acts=False)
             for p in list(qmodel.parameters()) + g_params:
                 p.grad = None
         game.checkpointer.clear()

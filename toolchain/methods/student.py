@@ -8,13 +8,18 @@ Three pieces every method that fine-tunes the deployable quantized model needs:
   group, learned scales (if any) in a second group with their own learning rate and no weight decay;
 - :func:`calibrate_student`: the initial activation ranges from a few generated batches
   (scales frozen while calibrating, the input given its exact range), then the learned scales
-  switched back on.
+  switched back on;
+- :class:`StudentConfig`: the config fields (and their validation) every such method shares.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
+from ..errors import ConfigError
+from ..quant.calibrate import CALIBRATIONS
 from ..quant.model import QuantizedModel
 from .bnstat import calibrate_on
 
@@ -72,3 +77,42 @@ def calibrate_student(ctx, batches: list[torch.Tensor], method: str, *, learn_we
         return calibrate_on(ctx, torch.cat(batches), method, batches[0].shape[0])
     finally:
         set_learned_scales(ctx.qmodel, weights=learn_weight_scales, acts=learn_act_scales)
+
+
+@dataclass(frozen=True)
+class StudentConfig:
+    """Config fields shared by the methods that train the quantized model on generated images
+    (a method's ``Config`` inherits them; it may redeclare a field to change its default).
+
+    Attributes:
+        learn_act_scales, learn_weight_scales: LSQ-style step-size learning (:func:`student_param_groups`).
+        scale_lr_ratio: the learned scales' learning rate relative to the weights'.
+        calibration, calib_batches: the initial activation ranges (:func:`calibrate_student`) from
+            that many generated batches.
+        clamp_to_pixels: clamp generated images to the normalized image of [0, 1] pixels.
+        checkpoint_every: rounds between checkpoints (0: none).
+        log_every: rounds between loss-curve entries in log.json.
+
+    Raises:
+        ConfigError: scale_lr_ratio <= 0, an unknown calibration, calib_batches < 1,
+            checkpoint_every < 0 or log_every < 1.
+    """
+
+    learn_act_scales: bool = False
+    learn_weight_scales: bool = False
+    scale_lr_ratio: float = 1.0
+    calibration: str = "mse"
+    calib_batches: int = 4
+    clamp_to_pixels: bool = True
+    checkpoint_every: int = 100
+    log_every: int = 10
+
+    def __post_init__(self):
+        if self.scale_lr_ratio <= 0:
+            raise ConfigError(f"scale_lr_ratio must be > 0, got {self.scale_lr_ratio}")
+        if self.calibration not in CALIBRATIONS:
+            raise ConfigError(f"calibration must be one of {CALIBRATIONS}, got {self.calibration!r}")
+        if self.calib_batches < 1:
+            raise ConfigError(f"calib_batches must be >= 1, got {self.calib_batches}")
+        if self.checkpoint_every < 0 or self.log_every < 1:
+            raise ConfigError("checkpoint_every must be >= 0 and log_every >= 1")

@@ -48,7 +48,6 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError
-from ..quant.calibrate import CALIBRATIONS
 from .adversarial import MaxMinGame, Player
 from .checkpoint import Checkpointer
 from .distill import OPTIMIZERS, make_optimizer
@@ -56,7 +55,7 @@ from .features import teacher_student_taps
 from .generators import DFADGenerator
 from .registry import Method, MethodContext, register_method
 from .relation import FEATURE_WEIGHTS, feature_discrepancy
-from .student import calibrate_student, set_learned_scales, student_param_groups
+from .student import StudentConfig, calibrate_student, set_learned_scales, student_param_groups
 from .synthesis import pixel_bounds
 
 
@@ -71,7 +70,7 @@ class ZAQ(Method):
     needs_batchnorm = False
 
     @dataclass(frozen=True)
-    class Config:
+    class Config(StudentConfig):
         """Attributes (published values as defaults; see the module docstring for the unconfirmed ones):
             rounds: game rounds, each ``q_steps`` Q steps + 1 G step (paper: 300×60 = 18000).
             batch_size: generated images per step (paper: 256).
@@ -85,12 +84,8 @@ class ZAQ(Method):
             beta: weight of G's activation regularizer (paper: 0.1).
             gamma: relation-transform mixing factor (paper: 0.1).
             feature_weights: "uniform" or "adaptive".
-            learn_act_scales, learn_weight_scales: LSQ-style step-size learning.
-            scale_lr_ratio: lr of learned scales relative to ``lr_q``.
-            calibration, calib_batches: initial activation ranges on generated batches.
-            clamp_to_pixels: clamp generated images to the normalized [0, 1]-pixel range.
-            checkpoint_every: rounds between checkpoints (0: none).
-            log_every: rounds between loss-curve entries in log.json.
+            and the shared student fields of :class:`~.student.StudentConfig` (scale learning,
+            calibration, pixel clamping, checkpoints, logging); ``scale_lr_ratio`` defaults to 0.01.
         """
 
         rounds: int = 18000
@@ -107,33 +102,23 @@ class ZAQ(Method):
         beta: float = 0.1
         gamma: float = 0.1
         feature_weights: str = "uniform"
-        learn_act_scales: bool = False
-        learn_weight_scales: bool = False
         scale_lr_ratio: float = 0.01
-        calibration: str = "mse"
-        calib_batches: int = 4
-        clamp_to_pixels: bool = True
-        checkpoint_every: int = 100
-        log_every: int = 10
 
         def __post_init__(self):
-            if self.rounds < 0 or self.q_steps < 1 or self.calib_batches < 1 or self.nz < 1:
-                raise ConfigError("zaq needs rounds >= 0, q_steps >= 1, calib_batches >= 1, nz >= 1")
+            super().__post_init__()
+            if self.rounds < 0 or self.q_steps < 1 or self.nz < 1:
+                raise ConfigError("zaq needs rounds >= 0, q_steps >= 1, nz >= 1")
             if self.batch_size < 2:
                 raise ConfigError(f"batch_size must be >= 2 (the generator's BN uses batch statistics), "
                                   f"got {self.batch_size}")
-            if min(self.lr_q, self.lr_g, self.scale_lr_ratio) <= 0 or not 0 < self.lr_decay <= 1:
-                raise ConfigError("zaq needs lr_q, lr_g, scale_lr_ratio > 0 and 0 < lr_decay <= 1")
+            if min(self.lr_q, self.lr_g) <= 0 or not 0 < self.lr_decay <= 1:
+                raise ConfigError("zaq needs lr_q, lr_g > 0 and 0 < lr_decay <= 1")
             if min(self.momentum, self.weight_decay, self.alpha, self.beta, self.gamma) < 0:
                 raise ConfigError("momentum, weight_decay, alpha, beta, gamma must be >= 0")
             if self.optimizer not in OPTIMIZERS:
                 raise ConfigError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
             if self.feature_weights not in FEATURE_WEIGHTS:
                 raise ConfigError(f"feature_weights must be one of {FEATURE_WEIGHTS}, got {self.feature_weights!r}")
-            if self.calibration not in CALIBRATIONS:
-                raise ConfigError(f"calibration must be one of {CALIBRATIONS}, got {self.calibration!r}")
-            if self.checkpoint_every < 0 or self.log_every < 1:
-                raise ConfigError("checkpoint_every must be >= 0 and log_every >= 1")
 
     #: the game of the last run (for tests and introspection)
     game: MaxMinGame | None = None
