@@ -54,13 +54,18 @@ def kd_objective(temperature: float = 1.0, ce_weight: float = 0.0) -> Callable:
     """The default ``loss`` closure: kd_loss(T) (+ ``ce_weight``·CE(student, y) when labels are given)."""
     def loss(s: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None) -> dict:
         kd = kd_loss(s, t, temperature)
-        out = {"loss": kd, "kd": kd}
-        if ce_weight and y is not None:
-            ce = F.cross_entropy(s, y)
-            out["loss"] = kd + ce_weight * ce
-            out["ce"] = ce
-        return out
+        return with_ce({"loss": kd, "kd": kd}, s, y, ce_weight)
     return loss
+
+
+def with_ce(out: dict, student_logits: torch.Tensor, y: torch.Tensor | None, ce_weight: float) -> dict:
+    """Add ``ce_weight``·CE(student, y) to ``out["loss"]`` (and log it as ``out["ce"]``) when
+    ``ce_weight`` > 0 and labels are given; ``out`` unchanged otherwise. Returns ``out``."""
+    if ce_weight and y is not None:
+        ce = F.cross_entropy(student_logits, y)
+        out["loss"] = out["loss"] + ce_weight * ce
+        out["ce"] = ce
+    return out
 
 
 def dkd_terms(student_logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor,
@@ -122,13 +127,7 @@ def dkd_objective(alpha: float = 1.0, beta: float = 8.0, temperature: float = 4.
         cls = t.detach().argmax(1) if target == "teacher" or y is None else y
         tckd, nckd, _ = dkd_terms(s, t, cls, temperature)
         tckd, nckd = tckd.mean(), nckd.mean()
-        total = alpha * tckd + beta * nckd
-        out = {"loss": total, "tckd": tckd, "nckd": nckd}
-        if ce_weight and y is not None:
-            ce = F.cross_entropy(s, y)
-            out["loss"] = total + ce_weight * ce
-            out["ce"] = ce
-        return out
+        return with_ce({"loss": alpha * tckd + beta * nckd, "tckd": tckd, "nckd": nckd}, s, y, ce_weight)
     return loss
 
 
