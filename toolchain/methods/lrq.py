@@ -48,8 +48,11 @@ Choices not confirmed by the paper (all config fields; defaults in parentheses):
   logits s·cos θ instead. Beyond θ > π − m ArcFace's continuation cos θ − m·sin m.
 - BN loss: ``bn_loss`` ("l2": our ZeroQ/GDFQ-style squared distance of batch mean and standard
   deviation — GDFQ compares variances — or "kl"), averaged over the BN layers as in GDFQ,
-  ``bn_weight`` (0.1, GDFQ).
-- DKD: target class = G's label (``dkd_target`` "label") or P's top-1 ("teacher"); α = ``dkd_alpha``
+  ``bn_weight`` (0.1, GDFQ; the ``cpu`` recipe uses 20: in a few hundred generator steps GDFQ's
+  weight leaves the BN statistics unmatched and distillation on such images does not transfer —
+  measurements in ``recipes/lrq.toml``).
+- DKD: target class = G's label (``dkd_target`` "label") or P's top-1 ("teacher"; the ``cpu``
+  recipe's, since a young generator's labels often disagree with P); α = ``dkd_alpha``
   (1), β = ``dkd_beta`` (8), T = ``temperature`` (4): DKD's CIFAR-100 settings. DKD's own
   warm-up of the loss weight is not implemented. ``distill = "kd"``: T²·KL at the same T (ablation).
   ``ce_weight`` (0): CE of Q to G's labels (GDFQ uses 1 with real-label-free KD).
