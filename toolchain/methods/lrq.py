@@ -81,7 +81,7 @@ from ..errors import ConfigError
 from .adversarial import MaxMinGame, Player
 from .bn_stats import BN_LOSSES, teacher_with_bn_taps
 from .checkpoint import Checkpointer
-from .distill import DKD_TARGETS, OPTIMIZERS, dkd_objective, kd_objective, make_optimizer
+from .distill import DKD_TARGETS, dkd_objective, kd_objective, make_optimizer
 from .generators import ConditionalGenerator
 from .margin import ClassifierTap, margin_cross_entropy
 from .registry import Method, MethodContext, register_method
@@ -155,9 +155,6 @@ class LRQ(Method):
                                   f"{self.warmup_rounds}")
             if self.q_steps < 1 or self.g_steps < 1:
                 raise ConfigError(f"lrq needs q_steps >= 1 and g_steps >= 1, got {self.q_steps}, {self.g_steps}")
-            if self.batch_size < 2:
-                raise ConfigError(f"batch_size must be >= 2 (the generator's BN uses batch statistics), "
-                                  f"got {self.batch_size}")
             if self.nz < 1 or self.ngf < 1:
                 raise ConfigError("lrq needs nz and ngf >= 1")
             if self.lka_dilation < 1 or min(self.lka_kernel, self.lka_dilated_kernel) < 1 or \
@@ -175,8 +172,6 @@ class LRQ(Method):
                 raise ConfigError(f"distill must be one of {DISTILL}, got {self.distill!r}")
             if self.dkd_target not in DKD_TARGETS:
                 raise ConfigError(f"dkd_target must be one of {DKD_TARGETS}, got {self.dkd_target!r}")
-            if self.optimizer not in OPTIMIZERS:
-                raise ConfigError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
             if min(self.lr_q, self.lr_g, self.temperature) <= 0:
                 raise ConfigError("lr_q, lr_g and temperature must be > 0")
             if not 0 <= self.g_beta1 < 1:

@@ -22,6 +22,7 @@ from ..errors import ConfigError
 from ..quant.calibrate import CALIBRATIONS
 from ..quant.model import QuantizedModel
 from .bnstat import calibrate_on
+from .distill import OPTIMIZERS
 
 INPUT_QUANTIZER = "act_quant.input"
 
@@ -85,6 +86,8 @@ class StudentConfig:
     (a method's ``Config`` inherits them; it may redeclare a field to change its default).
 
     Attributes:
+        batch_size: generated images per step (>= 2: the generators' BN uses batch statistics).
+        optimizer: the quantized model's optimizer, one of :data:`~.distill.OPTIMIZERS`.
         learn_act_scales, learn_weight_scales: LSQ-style step-size learning (:func:`student_param_groups`).
         scale_lr_ratio: the learned scales' learning rate relative to the weights'.
         calibration, calib_batches: the initial activation ranges (:func:`calibrate_student`) from
@@ -94,10 +97,12 @@ class StudentConfig:
         log_every: rounds between loss-curve entries in log.json.
 
     Raises:
-        ConfigError: scale_lr_ratio <= 0, an unknown calibration, calib_batches < 1,
-            checkpoint_every < 0 or log_every < 1.
+        ConfigError: batch_size < 2, an unknown optimizer, scale_lr_ratio <= 0, an unknown
+            calibration, calib_batches < 1, checkpoint_every < 0 or log_every < 1.
     """
 
+    batch_size: int = 32
+    optimizer: str = "adam"
     learn_act_scales: bool = False
     learn_weight_scales: bool = False
     scale_lr_ratio: float = 1.0
@@ -108,6 +113,11 @@ class StudentConfig:
     log_every: int = 10
 
     def __post_init__(self):
+        if self.batch_size < 2:
+            raise ConfigError(f"batch_size must be >= 2 (the generator's BN uses batch statistics), "
+                              f"got {self.batch_size}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if self.scale_lr_ratio <= 0:
             raise ConfigError(f"scale_lr_ratio must be > 0, got {self.scale_lr_ratio}")
         if self.calibration not in CALIBRATIONS:

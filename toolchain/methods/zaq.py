@@ -50,7 +50,7 @@ import torch.nn.functional as F
 from ..errors import ConfigError
 from .adversarial import MaxMinGame, Player
 from .checkpoint import Checkpointer
-from .distill import OPTIMIZERS, make_optimizer
+from .distill import make_optimizer
 from .features import teacher_student_taps
 from .generators import DFADGenerator
 from .registry import Method, MethodContext, register_method
@@ -108,15 +108,10 @@ class ZAQ(Method):
             super().__post_init__()
             if self.rounds < 0 or self.q_steps < 1 or self.nz < 1:
                 raise ConfigError("zaq needs rounds >= 0, q_steps >= 1, nz >= 1")
-            if self.batch_size < 2:
-                raise ConfigError(f"batch_size must be >= 2 (the generator's BN uses batch statistics), "
-                                  f"got {self.batch_size}")
             if min(self.lr_q, self.lr_g) <= 0 or not 0 < self.lr_decay <= 1:
                 raise ConfigError("zaq needs lr_q, lr_g > 0 and 0 < lr_decay <= 1")
             if min(self.momentum, self.weight_decay, self.alpha, self.beta, self.gamma) < 0:
                 raise ConfigError("momentum, weight_decay, alpha, beta, gamma must be >= 0")
-            if self.optimizer not in OPTIMIZERS:
-                raise ConfigError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
             if self.feature_weights not in FEATURE_WEIGHTS:
                 raise ConfigError(f"feature_weights must be one of {FEATURE_WEIGHTS}, got {self.feature_weights!r}")
 
