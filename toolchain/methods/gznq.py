@@ -31,6 +31,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..quant.calibrate import CALIBRATIONS
+from .augment import jitter_flip
 from .bn_stats import BN_LOSSES, BNStatistics, teacher_with_bn_taps
 from .bnstat import calibrate_on
 from .checkpoint import Checkpointer
@@ -57,17 +58,6 @@ def total_variation(x: torch.Tensor) -> torch.Tensor:
     if x.shape[-1] > 1:
         tv = tv + (x[..., :, 1:] - x[..., :, :-1]).abs().mean()
     return tv
-
-
-def jitter_flip(x: torch.Tensor, max_shift: int = 0, flip: bool = False) -> torch.Tensor:
-    """Image priors as augmentation (DeepInversion-style): roll the batch by one random
-    (dy, dx) in [−max_shift, max_shift]² and flip it horizontally with probability 1/2."""
-    if max_shift > 0:
-        dy, dx = torch.randint(-max_shift, max_shift + 1, (2,)).tolist()
-        x = torch.roll(x, shifts=(dy, dx), dims=(-2, -1))
-    if flip and torch.rand(()) < 0.5:
-        x = torch.flip(x, dims=(-1,))
-    return x
 
 
 class ImageDistribution(nn.Module):
