@@ -50,9 +50,49 @@ def pixel_bounds(mean, std, device=None) -> tuple[torch.Tensor, torch.Tensor]:
     return (0 - m) / s, (1 - m) / s
 
 
+def match_bn_statistics(teacher: torch.nn.Module, bn: BNStatistics, x: torch.Tensor, iterations: int, lr: float,
+                        bn_loss: str = "l2", bounds: tuple[torch.Tensor, torch.Tensor] | None = None,
+                        progress=None) -> torch.Tensor:
+    """Optimize one batch of images so the teacher's BN batch statistics match its running ones
+    (ZeroQ, Cai et al., CVPR 2020, eq. 2): Adam on the pixels, cosine learning-rate decay.
+
+    Args:
+        teacher: FP model with ``bn``'s taps inserted, eval mode, its parameters frozen.
+        bn: the BN-statistics hooks of ``teacher``.
+        x: (N, C, H, W) float32 starting images (N >= 2), normalized input space; not modified.
+        iterations: Adam steps (>= 0; 0 returns the clamped start).
+        lr: Adam learning rate.
+        bn_loss: "l2" or "kl" (:meth:`~.bn_stats.BNStatistics.loss`, summed over the BN layers).
+        bounds: (lo, hi), each (1, C, 1, 1): keep the images inside them (start and every step).
+        progress: optional task with ``advance(n, loss=…)`` once per step.
+
+    Returns:
+        The optimized (N, C, H, W) float32 images, detached, on ``x``'s device.
+    """
+    if bounds is not None:
+        x = torch.max(torch.min(x, bounds[1]), bounds[0])
+    x = x.detach().clone().requires_grad_(True)
+    opt = torch.optim.Adam([x], lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(iterations, 1))
+    for _ in range(iterations):
+        opt.zero_grad(set_to_none=True)
+        teacher(x)
+        loss = bn.loss(bn_loss)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if bounds is not None:
+            with torch.no_grad():
+                x.copy_(torch.max(torch.min(x, bounds[1]), bounds[0]))
+        if progress is not None:
+            progress.advance(1, loss=float(loss.detach()))
+    return x.detach()
+
+
 def distill_images(teacher: torch.nn.Module, bn: BNStatistics, input_shape, mean, std,
                    cfg: SynthesisConfig, device, progress=None) -> torch.Tensor:
-    """Optimize a synthetic set against the teacher's BN statistics.
+    """A synthetic set optimized against the teacher's BN statistics from N(0, 1) noise, one batch
+    at a time (:func:`match_bn_statistics`).
 
     Args:
         teacher: FP model with ``bn``'s taps inserted, eval mode, on ``device``.
@@ -65,31 +105,15 @@ def distill_images(teacher: torch.nn.Module, bn: BNStatistics, input_shape, mean
     Returns:
         (num_images, C, H, W) float32 tensor on the CPU, in the normalized input space.
     """
-    lo, hi = pixel_bounds(mean, std, device)
+    bounds = pixel_bounds(mean, std, device) if cfg.clamp_to_pixels else None
     out = []
     for p in teacher.parameters():
         p.requires_grad_(False)
     remaining = cfg.num_images
     while remaining > 0:
         b = min(cfg.batch_size, remaining) if remaining >= 2 else 2
-        x = torch.randn(b, *input_shape, device=device)
-        if cfg.clamp_to_pixels:
-            x = torch.max(torch.min(x, hi), lo)
-        x.requires_grad_(True)
-        opt = torch.optim.Adam([x], lr=cfg.lr)
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.iterations)
-        for _ in range(cfg.iterations):
-            opt.zero_grad(set_to_none=True)
-            teacher(x)
-            loss = bn.loss(cfg.bn_loss)
-            loss.backward()
-            opt.step()
-            sched.step()
-            if cfg.clamp_to_pixels:
-                with torch.no_grad():
-                    x.copy_(torch.max(torch.min(x, hi), lo))
-            if progress is not None:
-                progress.advance(1, loss=float(loss.detach()))
-        out.append(x.detach().cpu()[: min(b, remaining)])
+        x = match_bn_statistics(teacher, bn, torch.randn(b, *input_shape, device=device), cfg.iterations, cfg.lr,
+                                cfg.bn_loss, bounds, progress)
+        out.append(x.cpu()[: min(b, remaining)])
         remaining -= b
     return torch.cat(out)[: cfg.num_images]
