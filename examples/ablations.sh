@@ -9,7 +9,8 @@
 #   gznq: the recipe; bn_loss = "l2" (ZeroQ's BN loss instead of the Gaussian KL);
 #         reparameterize = false (point images); finetune = "off" (calibration only)
 #   lrq:  the recipe; lka = false (GDFQ's generator); ama_margin = 0 (no angular margin);
-#         distill = "kd" (plain KD instead of DKD)
+#         distill = "kd" (plain KD instead of DKD); calib_refine_steps = 0 (calibration on the
+#         generator's raw images)
 #
 # The store is OUT_DIR/store, the one examples/compare_readme.sh uses, so the recipe rows (and
 # GZNQ's synthetic set, shared by finetune = "off") are reused when that script ran first.
@@ -24,7 +25,7 @@ mkdir -p "$OUT/ablations"
 
 declare -A VARIANTS=(
   [gznq]="recipe|bn_loss=l2|reparameterize=false|finetune=off"
-  [lrq]="recipe|lka=false|ama_margin=0.0|distill=kd"
+  [lrq]="recipe|lka=false|ama_margin=0.0|distill=kd|calib_refine_steps=0"
 )
 
 status=0

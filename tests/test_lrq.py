@@ -204,6 +204,35 @@ def test_ablation_switches(tiny):
             if isinstance(m, LargeKernelAttention)] == [11, 11]
 
 
+def test_calibration_batches_are_refined_toward_the_bn_statistics_on_request(tiny, monkeypatch):
+    import toolchain.methods.lrq as lrq_module
+    seen = {}
+    real_refine, real_calibrate = lrq_module.match_bn_statistics, lrq_module.calibrate_student
+
+    def refine(teacher, bn, x, steps, lr, loss, bounds, progress):
+        def bn_loss(images):
+            with torch.no_grad():
+                teacher(images)
+                return bn.loss(loss).item()
+        out = real_refine(teacher, bn, x, steps, lr, loss, bounds, progress)
+        seen.setdefault("bn", []).append((bn_loss(x), bn_loss(out)))
+        assert bounds is not None and (out >= bounds[0] - 1e-6).all() and (out <= bounds[1] + 1e-6).all()
+        assert steps == 20 and lr == 0.1 and progress is not None  # the method's progress task
+        return out
+
+    def calibrate(ctx, batches, *args, **kwargs):
+        seen["calibrated_on"] = batches
+        return real_calibrate(ctx, batches, *args, **kwargs)
+    monkeypatch.setattr(lrq_module, "match_bn_statistics", refine)
+    monkeypatch.setattr(lrq_module, "calibrate_student", calibrate)
+    run_lrq(tiny, rounds=1, calib_batches=2, calib_refine_steps=20, calib_refine_lr=0.1)
+    assert len(seen["bn"]) == 2 and all(after < before for before, after in seen["bn"])
+    assert len(seen["calibrated_on"]) == 2
+    seen.clear()
+    run_lrq(tiny, rounds=1, calib_batches=2)  # off by default: calibration on the generator's images
+    assert "bn" not in seen and len(seen["calibrated_on"]) == 2
+
+
 def test_scales_fixed_by_default_and_learned_on_request(tiny):
     def moved(ctx, qm):
         init = ctx.log["initial_ranges"]
@@ -221,7 +250,8 @@ def test_config_is_validated_and_recipes_load():
     for bad in ({"batch_size": 1}, {"q_steps": 0}, {"lka_kernel": 4}, {"lka_dilation": 0},
                 {"ama_margin": -0.1}, {"ama_margin": 3.5}, {"distill": "fitnet"}, {"dkd_target": "x"},
                 {"optimizer": "rmsprop"}, {"bn_loss": "l1"}, {"g_head": "x"}, {"lr_q": 0},
-                {"optimizer": "sgd", "momentum": 0.0}, {"calibration": "x"}, {"temperature": 0}):
+                {"optimizer": "sgd", "momentum": 0.0}, {"calibration": "x"}, {"temperature": 0},
+                {"calib_refine_steps": -1}, {"calib_refine_lr": 0.0}):
         with pytest.raises(ConfigError):
             build_config(cls.Config, bad)
     cpu, paper = (build_config(cls.Config, load_recipe("lrq", b)) for b in ("cpu", "paper"))

@@ -26,7 +26,8 @@ The method, on the shared parts (nothing copied from ZAQ):
   + ``ce_weight``·CE(Q(x), y), x = G(z, y) detached.
 - Schedule: ``warmup_rounds`` generator-only rounds (GDFQ's warm-up), then the activation
   ranges are calibrated on ``calib_batches`` batches of the warmed-up generator (the input gets
-  its exact normalized-pixel range), then ``rounds`` rounds of the shared alternating loop
+  its exact normalized-pixel range; optionally the batches are first pulled toward the BN statistics,
+  ``calib_refine_steps``), then ``rounds`` rounds of the shared alternating loop
   (:class:`~.adversarial.MaxMinGame`): ``q_steps`` Q steps then ``g_steps`` G steps. G is not
   maximizing the teacher–student discrepancy here; the loop is the same two-player alternation.
   Q: SGD (optionally Nesterov) or Adam with cosine decay over the rounds
@@ -64,6 +65,13 @@ Choices not confirmed by the paper (all config fields; defaults in parentheses):
 - ``learn_act_scales`` / ``learn_weight_scales`` (off): LSQ-style learning of the quantizer step
   sizes (:mod:`.student`), in a separate group at lr_q·``scale_lr_ratio`` without weight decay.
 - ``warmup_rounds`` (GDFQ: 4 of 400 epochs), ``calibration`` ("mse"), ``calib_batches`` (4).
+- ``calib_refine_steps`` (0; the ``cpu`` recipe: 50) at ``calib_refine_lr`` (0.05): GDFQ/LRQ have no
+  calibration step (their quantizers track ranges during training, outside the deployable model);
+  ours calibrates once, and the warmed-up generator's batches match the BN statistics only loosely
+  (BN loss per layer ~0.14 after 200 warm-up rounds). These steps pull the calibration batches
+  — only them, the game still sees the generator's raw images — toward the BN statistics
+  as ZeroQ does from noise (:func:`~.synthesis.match_bn_statistics`): ResNet-20 W4A4 calibration
+  85–86% → 88.0% (BN loss per layer 0.01) and the final model 89.68% → 90.36% in a torch probe.
 - ``q_steps`` / ``g_steps`` (1 / 1, GDFQ's alternation; the ``cpu`` recipe takes 2 Q steps per
   G step so the short schedule spends more of its time fine-tuning).
 - Generator labels are drawn uniformly per batch (GDFQ), not class-balanced.
@@ -86,7 +94,7 @@ from .generators import ConditionalGenerator
 from .margin import ClassifierTap, margin_cross_entropy
 from .registry import Method, MethodContext, register_method
 from .student import StudentConfig, calibrate_student, set_learned_scales, student_param_groups
-from .synthesis import pixel_bounds
+from .synthesis import match_bn_statistics, pixel_bounds
 
 DISTILL = ("dkd", "kd")
 
@@ -113,6 +121,8 @@ class LRQ(Method):
             bn_loss, bn_weight: the generator's BN-statistics term ("l2", 0.1).
             distill: "dkd" or "kd"; dkd_alpha, dkd_beta, temperature, dkd_target: DKD (1, 8, 4, "label").
             ce_weight: CE of the quantized model to the generator's labels (0).
+            calib_refine_steps, calib_refine_lr: ZeroQ steps (Adam, cosine) on the calibration batches
+                toward the BN statistics before calibrating (0: calibrate on the generator's images as they are).
             optimizer ("sgd" | "adam"), lr_q, momentum, nesterov, weight_decay: the quantized model's.
             and the shared student fields of :class:`~.student.StudentConfig` (scale learning,
             calibration — here on the warmed-up generator's batches —, pixel clamping, checkpoints, logging).
@@ -142,6 +152,8 @@ class LRQ(Method):
         temperature: float = 4.0
         dkd_target: str = "label"
         ce_weight: float = 0.0
+        calib_refine_steps: int = 0
+        calib_refine_lr: float = 0.05
         optimizer: str = "adam"
         lr_q: float = 1e-4
         momentum: float = 0.9
@@ -172,8 +184,10 @@ class LRQ(Method):
                 raise ConfigError(f"distill must be one of {DISTILL}, got {self.distill!r}")
             if self.dkd_target not in DKD_TARGETS:
                 raise ConfigError(f"dkd_target must be one of {DKD_TARGETS}, got {self.dkd_target!r}")
-            if min(self.lr_q, self.lr_g, self.temperature) <= 0:
-                raise ConfigError("lr_q, lr_g and temperature must be > 0")
+            if min(self.lr_q, self.lr_g, self.temperature, self.calib_refine_lr) <= 0:
+                raise ConfigError("lr_q, lr_g, temperature and calib_refine_lr must be > 0")
+            if self.calib_refine_steps < 0:
+                raise ConfigError(f"calib_refine_steps must be >= 0, got {self.calib_refine_steps}")
             if not 0 <= self.g_beta1 < 1:
                 raise ConfigError(f"g_beta1 must be in [0, 1), got {self.g_beta1}")
             if min(self.bn_weight, self.dkd_alpha, self.dkd_beta, self.ce_weight, self.momentum,
@@ -192,6 +206,18 @@ class LRQ(Method):
         if c.distill == "dkd":
             return dkd_objective(c.dkd_alpha, c.dkd_beta, c.temperature, c.ce_weight, c.dkd_target)
         return kd_objective(c.temperature, c.ce_weight)
+
+    def refine(self, ctx: MethodContext, teacher, bn, batches: list[torch.Tensor], bounds) -> list[torch.Tensor]:
+        """The calibration batches after ``calib_refine_steps`` ZeroQ steps each toward the BN statistics
+        (:func:`~.synthesis.match_bn_statistics`, the generator's ``bn_loss``), with progress."""
+        c = self.config
+        task = ctx.progress(f"LRQ: refining {len(batches)} calibration batches toward the BN statistics",
+                            c.calib_refine_steps * len(batches))
+        try:
+            return [match_bn_statistics(teacher, bn, x, c.calib_refine_steps, c.calib_refine_lr, c.bn_loss, bounds,
+                                        task) for x in batches]
+        finally:
+            task.close()
 
     def run(self, ctx: MethodContext):
         c, dev, qmodel = self.config, ctx.device, ctx.qmodel
@@ -261,6 +287,8 @@ class LRQ(Method):
                         warmup.checkpointer.save(warmup.state_dict())
                 with torch.no_grad():
                     batches = [images(False)[0] for _ in range(c.calib_batches)]
+                if c.calib_refine_steps:
+                    batches = self.refine(ctx, teacher, bn, batches, (lo, hi) if c.clamp_to_pixels else None)
                 ranges = calibrate_student(ctx, batches, c.calibration, learn_weight_scales=c.learn_weight_scales,
                                            learn_act_scales=c.learn_act_scales)
                 ctx.log["initial_ranges"] = {k: list(v) for k, v in ranges.items()}
