@@ -1,6 +1,6 @@
 """Image priors applied as augmentation to synthetic batches (DeepInversion, Yin et al., CVPR 2020,
-sec. 3.2: random jitter and flipping), shared by the methods that see synthetic images
-(GZNQ's synthesis and fine-tuning, LRQ's quantized-model steps)."""
+sec. 3.2: random jitter and flipping), used by GZNQ's synthesis and fine-tuning. (On LRQ's
+quantized-model batches they did not help: ``recipes/lrq.toml``.)"""
 
 from __future__ import annotations
 
