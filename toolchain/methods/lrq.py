@@ -65,7 +65,7 @@ Choices not confirmed by the paper (all config fields; defaults in parentheses):
 - ``learn_act_scales`` / ``learn_weight_scales`` (off): LSQ-style learning of the quantizer step
   sizes (:mod:`.student`), in a separate group at lr_q·``scale_lr_ratio`` without weight decay.
 - ``warmup_rounds`` (GDFQ: 4 of 400 epochs), ``calibration`` ("mse"), ``calib_batches`` (4).
-- ``calib_refine_steps`` (0; the ``cpu`` recipe: 50) at ``calib_refine_lr`` (0.05): GDFQ/LRQ have no
+- ``calib_refine_steps`` (0; both recipes: 50) at ``calib_refine_lr`` (0.05): GDFQ/LRQ have no
   calibration step (their quantizers track ranges during training, outside the deployable model);
   ours calibrates once, and the warmed-up generator's batches match the BN statistics only loosely
   (BN loss per layer ~0.14 after 200 warm-up rounds). These steps pull the calibration batches
