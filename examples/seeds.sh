@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# How much of a difference between two methods is the seed? ResNet-20 (../shared CIFAR-10, cpu
+# budget) at one bit width, each (method, seed) through the whole pipeline (quantize -> QDQ export
+# -> onnxruntime verify), then a markdown table: top-1 per seed, mean ± sample std, and each
+# method's paired gap to the first (reference) method over the same seeds.
+#
+#   bash examples/seeds.sh [OUT_DIR]                          (default runs/readme: bnstat, lrq; seeds 0-4; W4A4)
+#   METHODS="bnstat gznq" SEEDS="0 1 2" BITS=3 bash examples/seeds.sh
+#
+# About 2 min per bnstat run and 10 min per LRQ run on 2 cores (one torch thread each; run two
+# invocations side by side with OMP_NUM_THREADS=1 to use both cores). The store is OUT_DIR/store,
+# the one examples/compare_readme.sh uses, so its seed-0 rows come from the cache; a finished
+# (method, seed) is never recomputed.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+S=${ZQTOOL_SHARED:-../shared}
+OUT=${1:-runs/readme}
+ZQ=${ZQTOOL:-zqtool}
+METHODS=${METHODS:-bnstat lrq}
+SEEDS=${SEEDS:-0 1 2 3 4}
+BITS=${BITS:-4}
+mkdir -p "$OUT/seeds"
+
+status=0
+time {
+  for m in $METHODS; do
+    for s in $SEEDS; do
+      echo "+ $m W${BITS}A${BITS} seed $s"
+      $ZQ run "$S/models/resnet20-12fca82f.th" --arch resnet20 --data "$S/data/cifar10_test_first1017.npz" \
+        --method "$m" --bits "$BITS" --seed "$s" --budget cpu --threads 1 --latency-runs 20 \
+        --parity-images 0 --out "$OUT/store" --json "$OUT/seeds/$m-w$BITS-seed$s.json" >/dev/null || status=$?
+    done
+  done
+}
+
+python examples/seed_table.py "$OUT/seeds" "$BITS" $METHODS
+exit $status
