@@ -16,9 +16,8 @@
 # GZNQ's synthetic set, shared by finetune = "off") are reused when that script ran first.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-S=${ZQTOOL_SHARED:-../shared}
+source examples/resnet20_run.sh
 OUT=${1:-runs/readme}
-ZQ=${ZQTOOL:-zqtool}
 METHODS=${METHODS:-gznq lrq}
 BITS=${BITS:-4}
 mkdir -p "$OUT/ablations"
@@ -35,9 +34,7 @@ time {
     for v in "${vs[@]}"; do
       set_args=(); [ "$v" != recipe ] && set_args=(--set "$v")
       echo "+ $m W${BITS}A${BITS} ${v}"
-      $ZQ run "$S/models/resnet20-12fca82f.th" --arch resnet20 --data "$S/data/cifar10_test_first1017.npz" \
-        --method "$m" --bits "$BITS" "${set_args[@]}" --budget cpu --threads 1 --latency-runs 20 \
-        --parity-images 0 --out "$OUT/store" --json "$OUT/ablations/$m-w$BITS-${v//[=.]/_}.json" >/dev/null \
+      resnet20_run "$OUT/store" "$OUT/ablations/$m-w$BITS-${v//[=.]/_}.json" "$m" "$BITS" "${set_args[@]}" \
         || status=$?
     done
   done

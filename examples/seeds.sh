@@ -13,9 +13,8 @@
 # (method, seed) is never recomputed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-S=${ZQTOOL_SHARED:-../shared}
+source examples/resnet20_run.sh
 OUT=${1:-runs/readme}
-ZQ=${ZQTOOL:-zqtool}
 METHODS=${METHODS:-bnstat lrq}
 SEEDS=${SEEDS:-0 1 2 3 4}
 BITS=${BITS:-4}
@@ -26,9 +25,7 @@ time {
   for m in $METHODS; do
     for s in $SEEDS; do
       echo "+ $m W${BITS}A${BITS} seed $s"
-      $ZQ run "$S/models/resnet20-12fca82f.th" --arch resnet20 --data "$S/data/cifar10_test_first1017.npz" \
-        --method "$m" --bits "$BITS" --seed "$s" --budget cpu --threads 1 --latency-runs 20 \
-        --parity-images 0 --out "$OUT/store" --json "$OUT/seeds/$m-w$BITS-seed$s.json" >/dev/null || status=$?
+      resnet20_run "$OUT/store" "$OUT/seeds/$m-w$BITS-seed$s.json" "$m" "$BITS" --seed "$s" || status=$?
     done
   done
 }
