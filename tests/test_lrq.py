@@ -233,6 +233,28 @@ def test_calibration_batches_are_refined_toward_the_bn_statistics_on_request(tin
     assert "bn" not in seen and len(seen["calibrated_on"]) == 2
 
 
+def test_quantized_model_batches_are_refined_toward_the_bn_statistics_on_request(tiny, monkeypatch):
+    import toolchain.methods.lrq as lrq_module
+    real_refine, seen = lrq_module.match_bn_statistics, []
+
+    def refine(teacher, bn, x, steps, lr, loss, bounds, progress=None):
+        out = real_refine(teacher, bn, x, steps, lr, loss, bounds, progress)
+        def bn_loss(images):
+            with torch.no_grad():
+                teacher(images)
+                return bn.loss(loss).item()
+        if progress is None:  # a Q batch (the calibration batches report progress)
+            seen.append((steps, lr, tuple(x.shape), [bn_loss(x), bn_loss(out)]))
+        return out
+    monkeypatch.setattr(lrq_module, "match_bn_statistics", refine)
+    run_lrq(tiny, rounds=2, q_steps=2, q_refine_steps=15, calib_refine_lr=0.1)
+    assert len(seen) == 4  # every Q step of every round
+    assert all(s[:3] == (15, 0.1, (8, 1, 8, 8)) and s[3][1] < s[3][0] for s in seen)
+    seen.clear()
+    run_lrq(tiny, rounds=2, q_steps=2)  # off by default
+    assert seen == []
+
+
 def test_scales_fixed_by_default_and_learned_on_request(tiny):
     def moved(ctx, qm):
         init = ctx.log["initial_ranges"]
@@ -251,7 +273,7 @@ def test_config_is_validated_and_recipes_load():
                 {"ama_margin": -0.1}, {"ama_margin": 3.5}, {"distill": "fitnet"}, {"dkd_target": "x"},
                 {"optimizer": "rmsprop"}, {"bn_loss": "l1"}, {"g_head": "x"}, {"lr_q": 0},
                 {"optimizer": "sgd", "momentum": 0.0}, {"calibration": "x"}, {"temperature": 0},
-                {"calib_refine_steps": -1}, {"calib_refine_lr": 0.0}):
+                {"calib_refine_steps": -1}, {"calib_refine_lr": 0.0}, {"q_refine_steps": -1}):
         with pytest.raises(ConfigError):
             build_config(cls.Config, bad)
     cpu, paper = (build_config(cls.Config, load_recipe("lrq", b)) for b in ("cpu", "paper"))

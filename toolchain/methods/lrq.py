@@ -72,6 +72,8 @@ Choices not confirmed by the paper (all config fields; defaults in parentheses):
   — only them, the game still sees the generator's raw images — toward the BN statistics
   as ZeroQ does from noise (:func:`~.synthesis.match_bn_statistics`): ResNet-20 W4A4 calibration
   85–86% → 88.0% (BN loss per layer 0.01) and the final model 89.68% → 90.36% in a torch probe.
+- ``q_refine_steps`` (0): the same refinement applied to every batch Q learns from (the generator
+  is still trained on its own images); costs ``q_refine_steps`` teacher forward/backward passes per Q step.
 - ``q_steps`` / ``g_steps`` (1 / 1, GDFQ's alternation; the ``cpu`` recipe takes 2 Q steps per
   G step so the short schedule spends more of its time fine-tuning).
 - Generator labels are drawn uniformly per batch (GDFQ), not class-balanced.
@@ -123,6 +125,8 @@ class LRQ(Method):
             ce_weight: CE of the quantized model to the generator's labels (0).
             calib_refine_steps, calib_refine_lr: ZeroQ steps (Adam, cosine) on the calibration batches
                 toward the BN statistics before calibrating (0: calibrate on the generator's images as they are).
+            q_refine_steps: the same steps (at calib_refine_lr) on every batch the quantized model learns
+                from, before the teacher labels it (0: the generator's images as they are).
             optimizer ("sgd" | "adam"), lr_q, momentum, nesterov, weight_decay: the quantized model's.
             and the shared student fields of :class:`~.student.StudentConfig` (scale learning,
             calibration — here on the warmed-up generator's batches —, pixel clamping, checkpoints, logging).
@@ -154,6 +158,7 @@ class LRQ(Method):
         ce_weight: float = 0.0
         calib_refine_steps: int = 0
         calib_refine_lr: float = 0.05
+        q_refine_steps: int = 0
         optimizer: str = "adam"
         lr_q: float = 1e-4
         momentum: float = 0.9
@@ -186,8 +191,9 @@ class LRQ(Method):
                 raise ConfigError(f"dkd_target must be one of {DKD_TARGETS}, got {self.dkd_target!r}")
             if min(self.lr_q, self.lr_g, self.temperature, self.calib_refine_lr) <= 0:
                 raise ConfigError("lr_q, lr_g, temperature and calib_refine_lr must be > 0")
-            if self.calib_refine_steps < 0:
-                raise ConfigError(f"calib_refine_steps must be >= 0, got {self.calib_refine_steps}")
+            if self.calib_refine_steps < 0 or self.q_refine_steps < 0:
+                raise ConfigError(f"calib_refine_steps and q_refine_steps must be >= 0, got "
+                                  f"{self.calib_refine_steps}, {self.q_refine_steps}")
             if not 0 <= self.g_beta1 < 1:
                 raise ConfigError(f"g_beta1 must be in [0, 1), got {self.g_beta1}")
             if min(self.bn_weight, self.dkd_alpha, self.dkd_beta, self.ce_weight, self.momentum,
@@ -241,6 +247,9 @@ class LRQ(Method):
 
         def q_loss():
             x, y = images(False)
+            if c.q_refine_steps:
+                x = match_bn_statistics(teacher, bn, x, c.q_refine_steps, c.calib_refine_lr, c.bn_loss,
+                                        (lo, hi) if c.clamp_to_pixels else None)
             with torch.no_grad():
                 t = teacher(x)
             return objective(qmodel(x), t, y)
