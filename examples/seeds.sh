@@ -6,6 +6,7 @@
 #
 #   bash examples/seeds.sh [OUT_DIR]                          (default runs/readme: bnstat, lrq; seeds 0-4; W4A4)
 #   METHODS="bnstat gznq" SEEDS="0 1 2" BITS=3 bash examples/seeds.sh
+#   METHODS=lrq SET="q_refine_steps=10" bash examples/seeds.sh   (a recipe variant: reported as lrq_q_refine_steps_10)
 #
 # About 2 min per bnstat run and 10 min per LRQ run on 2 cores (one torch thread each; run two
 # invocations side by side with OMP_NUM_THREADS=1 to use both cores). The store is OUT_DIR/store,
@@ -18,17 +19,21 @@ OUT=${1:-runs/readme}
 METHODS=${METHODS:-bnstat lrq}
 SEEDS=${SEEDS:-0 1 2 3 4}
 BITS=${BITS:-4}
+SET=${SET:-}
+set_args=(); label_suffix=""
+for kv in $SET; do set_args+=(--set "$kv"); label_suffix+="_${kv//[=.]/_}"; done
 mkdir -p "$OUT/seeds"
 
 status=0
 time {
   for m in $METHODS; do
     for s in $SEEDS; do
-      echo "+ $m W${BITS}A${BITS} seed $s"
-      resnet20_run "$OUT/store" "$OUT/seeds/$m-w$BITS-seed$s.json" "$m" "$BITS" --seed "$s" || status=$?
+      echo "+ $m$label_suffix W${BITS}A${BITS} seed $s"
+      resnet20_run "$OUT/store" "$OUT/seeds/$m$label_suffix-w$BITS-seed$s.json" "$m" "$BITS" --seed "$s" \
+        "${set_args[@]}" || status=$?
     done
   done
 }
 
-python examples/seed_table.py "$OUT/seeds" "$BITS" $METHODS
+python examples/seed_table.py "$OUT/seeds" "$BITS" $(for m in $METHODS; do echo "$m$label_suffix"; done)
 exit $status
