@@ -236,6 +236,7 @@ class LRQ(Method):
             ctx.input_shape, ctx.meta.num_classes, nz=c.nz, ngf=c.ngf, lka=c.lka, lka_kernel=c.lka_kernel,
             lka_dilated_kernel=c.lka_dilated_kernel, lka_dilation=c.lka_dilation, head=c.g_head).to(dev).train()
         lo, hi = pixel_bounds(ctx.meta.mean, ctx.meta.std, dev)
+        refine_bounds = (lo, hi) if c.clamp_to_pixels else None  # for the ZeroQ refinement steps
 
         def images(grad: bool):
             with torch.set_grad_enabled(grad):
@@ -248,8 +249,7 @@ class LRQ(Method):
         def q_loss():
             x, y = images(False)
             if c.q_refine_steps:
-                x = match_bn_statistics(teacher, bn, x, c.q_refine_steps, c.calib_refine_lr, c.bn_loss,
-                                        (lo, hi) if c.clamp_to_pixels else None)
+                x = match_bn_statistics(teacher, bn, x, c.q_refine_steps, c.calib_refine_lr, c.bn_loss, refine_bounds)
             with torch.no_grad():
                 t = teacher(x)
             return objective(qmodel(x), t, y)
@@ -297,7 +297,7 @@ class LRQ(Method):
                 with torch.no_grad():
                     batches = [images(False)[0] for _ in range(c.calib_batches)]
                 if c.calib_refine_steps:
-                    batches = self.refine(ctx, teacher, bn, batches, (lo, hi) if c.clamp_to_pixels else None)
+                    batches = self.refine(ctx, teacher, bn, batches, refine_bounds)
                 ranges = calibrate_student(ctx, batches, c.calibration, learn_weight_scales=c.learn_weight_scales,
                                            learn_act_scales=c.learn_act_scales)
                 ctx.log["initial_ranges"] = {k: list(v) for k, v in ranges.items()}
