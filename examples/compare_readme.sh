@@ -41,7 +41,7 @@ v = lambda p: metadata.version(p)
 print(f"python:   {platform.python_version()}  torch {v('torch')}  onnxruntime {v('onnxruntime')}  "
       f"onnx {v('onnx')}  zqtool {v('zqtool')}")
 PY
-echo "machine:  $(grep -m1 'model name' /proc/cpuinfo 2>/dev/null | cut -d: -f2- | sed 's/^ *//' || uname -m), $(nproc) cores, $(uname -sr)"
+echo "machine:  $(grep -m1 'model name' /proc/cpuinfo 2>/dev/null | cut -d: -f2- | sed 's/^ *//' || uname -m), $(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc) cores, $(uname -sr)"
 if [ -d "$STORE" ] && [ -n "$(ls -A "$STORE" 2>/dev/null)" ]; then
   echo "store:    $STORE exists: reusing its cached artifacts (delete $OUT for a from-scratch run)"
 else
