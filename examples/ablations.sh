@@ -3,14 +3,14 @@
 # variant through the whole pipeline (quantize -> QDQ export -> onnxruntime verify), then one
 # markdown table per method:
 #
-#   bash examples/ablations.sh [OUT_DIR]          (default runs/readme; ~10 min per variant on 2 cores)
+#   bash examples/ablations.sh [OUT_DIR]          (default runs/readme; ~10-25 min per variant on 2 cores)
 #   METHODS=gznq bash examples/ablations.sh       (one method only)
 #
 #   gznq: the recipe; bn_loss = "l2" (ZeroQ's BN loss instead of the Gaussian KL);
 #         reparameterize = false (point images); finetune = "off" (calibration only)
 #   lrq:  the recipe; lka = false (GDFQ's generator); ama_margin = 0 (no angular margin);
-#         distill = "kd" (plain KD instead of DKD); calib_refine_steps = 0 (calibration on the
-#         generator's raw images)
+#         distill = "kd" (plain KD instead of DKD); q_refine_steps = 0 (Q learns from the
+#         generator's raw images); calib_refine_steps = 0 (calibration on the generator's raw images)
 #
 # The store is OUT_DIR/store, the one examples/compare_readme.sh uses, so the recipe rows (and
 # GZNQ's synthetic set, shared by finetune = "off") are reused when that script ran first.
@@ -24,7 +24,7 @@ mkdir -p "$OUT/ablations"
 
 declare -A VARIANTS=(
   [gznq]="recipe|bn_loss=l2|reparameterize=false|finetune=off"
-  [lrq]="recipe|lka=false|ama_margin=0.0|distill=kd|calib_refine_steps=0"
+  [lrq]="recipe|lka=false|ama_margin=0.0|distill=kd|q_refine_steps=0|calib_refine_steps=0"
 )
 
 status=0
