@@ -12,7 +12,7 @@
 #   R20_METHODS=minmax R20_BITS=8 MNV2_METHODS= COMPARE_ARGS="--limit 100" bash examples/compare_readme.sh
 # (an empty MNV2_METHODS, R20_METHODS or R20_FT_METHODS skips that part).
 # ResNet-20 runs two compares: the calibration methods over every bit width, and the fine-tuning
-# methods (zaq, lrq: ~8-11 min per pair at the cpu budget) only at the 4 and 3 bits their
+# methods (zaq ~8 min, lrq ~20 min per pair at the cpu budget) only at the 4 and 3 bits their
 # acceptance is about -- at 8 and 6 bits calibration alone is already within noise of FP32.
 set -uo pipefail
 cd "$(dirname "$0")/.."

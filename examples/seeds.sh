@@ -6,9 +6,9 @@
 #
 #   bash examples/seeds.sh [OUT_DIR]                          (default runs/readme: bnstat, lrq; seeds 0-4; W4A4)
 #   METHODS="bnstat gznq" SEEDS="0 1 2" BITS=3 bash examples/seeds.sh
-#   METHODS=lrq SET="q_refine_steps=10" bash examples/seeds.sh   (a recipe variant: reported as lrq_q_refine_steps_10)
+#   METHODS=lrq SET="q_refine_steps=0" bash examples/seeds.sh    (a recipe variant: reported as lrq_q_refine_steps_0)
 #
-# About 2 min per bnstat run and 10 min per LRQ run on 2 cores (one torch thread each; run two
+# About 2 min per bnstat run and 20 min per LRQ run on 2 cores (one torch thread each; run two
 # invocations side by side with OMP_NUM_THREADS=1 to use both cores). The store is OUT_DIR/store,
 # the one examples/compare_readme.sh uses, so its seed-0 rows come from the cache; a finished
 # (method, seed) is never recomputed.
