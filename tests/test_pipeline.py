@@ -89,7 +89,8 @@ def test_quantize_artifact_records_how_it_was_made(files, tmp_path):
     fp = load_stage(model, arch="tinynet", store=store)
     q = quantize_stage(fp, method="minmax", scheme=QuantScheme.from_bits(4, first_last_bits=6), store=store)
     cfg = json.loads((q.dir / "config.json").read_text())
-    assert cfg["method"] == "minmax" and cfg["scheme"] == {"wbits": 4, "abits": 4, "first_last_bits": 6}
+    assert cfg["method"] == "minmax" and cfg["scheme"] == {"wbits": 4, "abits": 4, "first_last_bits": 6,
+                                                           "target": "portable"}
     quant = json.loads((q.dir / "quant.json").read_text())
     assert quant["wall_s"] >= 0 and any(r["name"] == "act_quant.input" for r in quant["quantizers"])
     reopened = QArtifact.open(q.dir).model()

@@ -13,10 +13,13 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
+import enum
+
 import typer
 from rich.console import Console
 
 from .errors import ConfigError, ZqError
+from .targets import DEFAULT_TARGET, TARGETS
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -94,6 +97,11 @@ BitsOpt = typer.Option(8, "--bits", "-b", help="Weight and activation bit width 
 WbitsOpt = typer.Option(None, "--wbits", help="Weight bit width (overrides --bits).")
 AbitsOpt = typer.Option(None, "--abits", help="Activation bit width (overrides --bits).")
 FLOpt = typer.Option(8, "--first-last-bits", help="Bit width of the first and last layers (weights and input activations, the network input included).")
+#: the registered targets as a typer choice (``--help`` lists them; a bad value is a one-line error)
+TargetChoice = enum.Enum("TargetChoice", {n: n for n in TARGETS}, type=str)
+TargetOpt = typer.Option(
+    DEFAULT_TARGET, "--target",
+    help="Deployment target: " + "; ".join(f"{t.name} = {t.description}" for t in TARGETS.values()) + ".")
 BudgetOpt = typer.Option("cpu", "--budget", help="Recipe budget: cpu (minutes on 2 cores) or paper (published schedule).")
 RecipeOpt = typer.Option(None, "--recipe", help="A TOML recipe file instead of recipes/<method>.toml.")
 SetOpt = typer.Option(None, "--set", help="Override a method setting: --set iterations=50 (repeatable).")
@@ -112,12 +120,14 @@ def _load_options(arch, input_shape, mean, std, num_classes, trust_pickle) -> di
             "std": _floats(std, "std"), "num_classes": num_classes, "trust_pickle": trust_pickle}
 
 
-def _quant_options(method, bits, wbits, abits, first_last_bits, budget, recipe, set_, seed, device) -> dict:
+def _quant_options(method, bits, wbits, abits, first_last_bits, budget, recipe, set_, seed, device,
+                   target=DEFAULT_TARGET) -> dict:
     from .methods.recipes import BUDGETS, parse_overrides
     from .quant.scheme import QuantScheme
     if budget not in BUDGETS and recipe is None:
         raise ConfigError(f"--budget must be one of {', '.join(BUDGETS)}, got {budget!r}")
-    return {"method": method, "scheme": QuantScheme.from_bits(bits, wbits, abits, first_last_bits),
+    target = getattr(target, "value", target)
+    return {"method": method, "scheme": QuantScheme.from_bits(bits, wbits, abits, first_last_bits, target),
             "budget": budget, "recipe": recipe, "overrides": parse_overrides(set_), "seed": seed,
             "device": device}
 
@@ -153,7 +163,8 @@ def load(model: Path = ModelArg, arch: Optional[str] = ArchOpt, input_shape: Opt
 @app.command()
 @handle_errors
 def quantize(model: Path = ModelArg, method: str = MethodOpt, bits: int = BitsOpt, wbits: Optional[int] = WbitsOpt,
-             abits: Optional[int] = AbitsOpt, first_last_bits: int = FLOpt, budget: str = BudgetOpt,
+             abits: Optional[int] = AbitsOpt, first_last_bits: int = FLOpt, target: TargetChoice = TargetOpt,
+             budget: str = BudgetOpt,
              recipe: Optional[Path] = RecipeOpt, set_: Optional[List[str]] = SetOpt, seed: int = SeedOpt,
              device: str = DeviceOpt, arch: Optional[str] = ArchOpt, input_shape: Optional[str] = ShapeOpt,
              mean: Optional[str] = MeanOpt, std: Optional[str] = StdOpt, num_classes: Optional[int] = ClassesOpt,
@@ -166,8 +177,9 @@ def quantize(model: Path = ModelArg, method: str = MethodOpt, bits: int = BitsOp
         fp = load_stage(model, store=store, **_load_options(arch, input_shape, mean, std, num_classes, trust_pickle))
         q = quantize_stage(fp, store=store, progress=progress,
                            **_quant_options(method, bits, wbits, abits, first_last_bits, budget, recipe, set_,
-                                            seed, device))
-    console.print(f"quantized with {q.method} ({q.scheme.tag}); export with: zqtool export {q.dir}")
+                                            seed, device, target))
+    console.print(f"quantized with {q.method} ({q.scheme.tag}, target {q.scheme.target}); "
+                  f"export with: zqtool export {q.dir}")
     typer.echo(str(q.dir))
 
 
@@ -207,11 +219,21 @@ def synth(model: Path = ModelArg, method: str = typer.Option("gznq", "--method",
 @app.command()
 @handle_errors
 def export(run_dir: Path = typer.Argument(..., help="A quantize run directory (printed by `zqtool quantize`)."),
-           fmt: str = FormatOpt, out: Path = OutOpt):
+           fmt: str = FormatOpt, out: Path = OutOpt,
+           target: Optional[TargetChoice] = typer.Option(
+               None, "--target",
+               help="Check that the run was quantized for this target (the target is part of the quantization "
+                    "scheme: quantize with --target to change it).")):
     """Stage 3: write model.qdq.onnx and the FP32 reference model.fp32.onnx (onnxsim-simplified)."""
     from .artifacts import Store
     from .pipeline import QArtifact, export_stage
-    art = export_stage(QArtifact.open(run_dir), fmt=fmt, store=Store(out))
+    q = QArtifact.open(run_dir)
+    target = None if target is None else target.value
+    if target is not None and target != q.scheme.target:
+        raise ConfigError(f"{run_dir} was quantized for --target {q.scheme.target}, not {target}",
+                          f"re-run `zqtool quantize … --target {target}`: the target sets the integer ranges "
+                          "the method calibrates and trains")
+    art = export_stage(q, fmt=fmt, store=Store(out))
     if fmt == "int4":
         console.print("[yellow]note:[/] INT4/UINT4 Q/DQ runs in float on onnxruntime's CPU EP "
                       "(smaller file, slower than FP32); use --format qdq for integer kernels")
@@ -241,6 +263,7 @@ def verify(onnx_model: Path = typer.Argument(..., help="The QDQ ONNX model (mode
 @handle_errors
 def run(model: Path = ModelArg, data: Path = DataOpt, method: str = MethodOpt, bits: int = BitsOpt,
         wbits: Optional[int] = WbitsOpt, abits: Optional[int] = AbitsOpt, first_last_bits: int = FLOpt,
+        target: TargetChoice = TargetOpt,
         budget: str = BudgetOpt, recipe: Optional[Path] = RecipeOpt, set_: Optional[List[str]] = SetOpt,
         seed: int = SeedOpt, device: str = DeviceOpt, fmt: str = FormatOpt, threads: int = ThreadsOpt,
         json_path: Optional[Path] = JsonOpt, limit: Optional[int] = LimitOpt, latency_runs: int = RunsOpt,
@@ -253,12 +276,12 @@ def run(model: Path = ModelArg, data: Path = DataOpt, method: str = MethodOpt, b
     from .pipeline import run as run_fn
     report = _run(run_fn, model, data, Store(out), method, bits, wbits, abits, first_last_bits, budget, recipe,
                   set_, seed, device, fmt, threads, limit, latency_runs, parity_images,
-                  _load_options(arch, input_shape, mean, std, num_classes, trust_pickle))
+                  _load_options(arch, input_shape, mean, std, num_classes, trust_pickle), target)
     _write_json(json_path, report)
 
 
 def _run(run_fn, model, data, store, method, bits, wbits, abits, fl, budget, recipe, set_, seed, device, fmt,
-         threads, limit, latency_runs, parity_images, load_options) -> dict:
+         threads, limit, latency_runs, parity_images, load_options, target=DEFAULT_TARGET) -> dict:
     from .verify import render_report
 
     def on_stage(name, result, _cached, seconds):
@@ -269,7 +292,8 @@ def _run(run_fn, model, data, store, method, bits, wbits, abits, fl, budget, rec
         report = run_fn(model, data, load_options=load_options, fmt=fmt, threads=threads, limit=limit,
                         latency_runs=latency_runs, parity_images=parity_images, store=store, progress=progress,
                         on_stage=on_stage,
-                        **_quant_options(method, bits, wbits, abits, fl, budget, recipe, set_, seed, device))
+                        **_quant_options(method, bits, wbits, abits, fl, budget, recipe, set_, seed, device,
+                                         target))
     out_console.print(render_report(report))
     q = report["quantize"]
     extra = f" (+{q['method_s'] - q['wall_s']:.1f} s to build reused cached artifacts)" if q.get("reused") else ""
@@ -286,7 +310,8 @@ def _parity_line(p: dict) -> str:
     for level in ("off", "on"):
         r = p.get(level)
         if r:
-            parts.append(f"ORT opt {level}: agreement {r['agreement_top1']:.2f}%, "
+            ref = {"exact": "integer-exact sim", "fakequant": "fake-quant sim"}.get(r.get("reference"), "sim")
+            parts.append(f"ORT opt {level} vs {ref}: agreement {r['agreement_top1']:.2f}%, "
                          f"max {r.get('max_diff_lsb', float('nan')):.0f} LSB")
     return "; ".join(parts) or json.dumps(p)
 
@@ -296,7 +321,7 @@ def _parity_line(p: dict) -> str:
 def compare(model: Path = ModelArg, data: Path = DataOpt,
             methods: str = typer.Option("minmax,bnstat", "--methods", help="Comma-separated methods (see `zqtool list methods`)."),
             bits: str = typer.Option("8,6,4,3", "--bits", help="Comma-separated bit widths, weights = activations (2..8)."),
-            first_last_bits: int = FLOpt, budget: str = BudgetOpt,
+            first_last_bits: int = FLOpt, target: TargetChoice = TargetOpt, budget: str = BudgetOpt,
             set_: Optional[List[str]] = typer.Option(None, "--set", help="Method setting: METHOD.key=value for one method, "
                                                      "key=value for every listed method that has it (repeatable)."),
             seed: int = SeedOpt, device: str = DeviceOpt, fmt: str = FormatOpt,
@@ -346,7 +371,7 @@ def compare(model: Path = ModelArg, data: Path = DataOpt,
     with _progress() as progress:
         result = compare_fn(model, data, methods=method_list, bits=bits, out_dir=out,
                             load_options=_load_options(arch, input_shape, mean, std, num_classes, trust_pickle),
-                            first_last_bits=first_last_bits, budget=budget, overrides=overrides, seed=seed,
+                            first_last_bits=first_last_bits, target=target.value, budget=budget, overrides=overrides, seed=seed,
                             device=device, fmt=fmt, threads=threads, limit=limit, latency_runs=latency_runs,
                             parity_images=parity_images, store=Store(store), plot=not no_plot,
                             command=shlex.join(["zqtool", *sys.argv[1:]]) if sys.argv[1:2] == ["compare"] else None,

@@ -341,7 +341,7 @@ def environment() -> dict:
 # --------------------------------------------------------------------------- the compare
 def compare(model: str | Path, data: str | Path, *, methods: Sequence[str], bits: Sequence[int],
             out_dir: str | Path, load_options: dict | None = None, first_last_bits: int = 8,
-            budget: str = "cpu", overrides: dict[str, dict] | None = None, seed: int = 0,
+            target: str | None = None, budget: str = "cpu", overrides: dict[str, dict] | None = None, seed: int = 0,
             device: str = "auto", fmt: str = "qdq", threads: Sequence[int] = (1,), limit: int | None = None,
             latency_runs: int = 50, parity_images: int = 256, store: Store | None = None,
             command: str | None = None, plot: bool = True, progress=null_progress, on_stage=None,
@@ -355,6 +355,7 @@ def compare(model: str | Path, data: str | Path, *, methods: Sequence[str], bits
         model, data: as for :func:`toolchain.pipeline.run` (a model file; an .npz or image folder).
         methods: registered method names (see :func:`parse_methods`).
         bits: bit widths; each pair is W=A=bits with first/last layers at ``first_last_bits``.
+        target: deployment target of every pair's scheme (:mod:`toolchain.targets`; None = portable).
         out_dir: where compare.json / compare.md / compare.png / reports/ go (created).
         overrides: ``{method: {key: value}}`` method settings (see :func:`split_overrides`).
         threads: onnxruntime intra-op thread counts (accuracy is measured at each; the row takes
@@ -388,7 +389,7 @@ def compare(model: str | Path, data: str | Path, *, methods: Sequence[str], bits
         raise ConfigError(f"--budget must be one of {', '.join(BUDGETS)}, got {budget!r}")
     if fmt not in EXPORT_FORMATS:
         raise ConfigError(f"--format must be one of {', '.join(EXPORT_FORMATS)}, got {fmt!r}")
-    schemes = {b: QuantScheme.from_bits(b, first_last_bits=first_last_bits) for b in bits}
+    schemes = {b: QuantScheme.from_bits(b, first_last_bits=first_last_bits, target=target) for b in bits}
     for m in methods:  # every recipe and setting is checked before hours of work start
         method_config(m, budget, None, overrides[m])
     open_eval_set(data, limit=limit)
@@ -400,7 +401,8 @@ def compare(model: str | Path, data: str | Path, *, methods: Sequence[str], bits
     rows = [_empty_row(name, m, b, first_last_bits, "pending") for m, b in pairs]
     result = {
         "model": str(model), "model_name": name, "data": str(data), "command": command,
-        "settings": {"methods": methods, "bits": bits, "first_last_bits": first_last_bits, "budget": budget,
+        "settings": {"methods": methods, "bits": bits, "first_last_bits": first_last_bits,
+                     "target": next(iter(schemes.values())).target if schemes else target, "budget": budget,
                      "overrides": overrides, "seed": seed, "device": device, "format": fmt, "threads": threads,
                      "limit": limit, "latency_runs": latency_runs, "parity_images": parity_images,
                      "store": str(store.root)},

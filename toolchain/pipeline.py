@@ -307,7 +307,7 @@ def export_stage(q: QArtifact, *, fmt: str = "qdq", store: Store | None = None,
         return art
     from .export import SimplifyWarning, write_fp32, write_qdq
     qmodel = q.model()
-    props = {"zqtool.method": q.method, "zqtool.scheme": q.scheme.tag}
+    props = {"zqtool.method": q.method, "zqtool.scheme": q.scheme.tag, "zqtool.target": q.scheme.target}
     with store.build(ONNX_STAGE, key, {"q_dir": str(q.dir.resolve()), "q": q.key, "format": fmt}) as d, \
             warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", SimplifyWarning)

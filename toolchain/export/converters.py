@@ -199,23 +199,6 @@ def _reaches(node: fx.Node, targets) -> bool:
     return False
 
 
-def _quantizer_saturates(q: _ActPerTensorFloat, lo: float | None, hi: float | None) -> bool:
-    """True when clamping to [lo, hi] before ``q`` cannot change a code.
-
-    That holds when ``q`` maps ``lo`` to code 0 and ``hi`` to code ``qmax`` with a margin
-    (QuantizeLinear saturates, and a sub-8-bit Clip follows the Q), so values beyond the
-    bounds land on the same code with or without the clamp.
-    """
-    if q.mode != "quant":
-        return False
-    s = float(np.float32(q.effective_scale().detach().cpu().numpy()))
-    zp = float(q.zero_point)
-    margin = 1e-3
-    ok_lo = lo is None or np.float32(lo) / np.float32(s) + zp <= 0.5 - margin
-    ok_hi = hi is not None and np.float32(hi) / np.float32(s) + zp >= q.qmax - 0.5 + margin
-    return bool(ok_lo and (ok_hi or hi is None))
-
-
 def _clamp_is_redundant(ctx: ExportContext, node: fx.Node, lo: float | None, hi: float | None) -> bool:
     users = list(node.users)
     if not users:
@@ -223,7 +206,7 @@ def _clamp_is_redundant(ctx: ExportContext, node: fx.Node, lo: float | None, hi:
     for u in users:
         if u.op != "call_module" or not isinstance(ctx.module(u), _ActPerTensorFloat):
             return False
-        if not _quantizer_saturates(ctx.module(u), lo, hi):
+        if not ctx.module(u).clamp_is_redundant(lo, hi):
             return False
     return True
 

@@ -148,6 +148,24 @@ class _ActPerTensorFloat(_Quantizer):
         self.scale.copy_(torch.tensor(scale, dtype=torch.float32))
         self.zero_point.copy_(torch.tensor(float(zp)))
 
+    def clamp_is_redundant(self, lo: float | None, hi: float | None) -> bool:
+        """True when clamping the input to [lo, hi] (None: unbounded) cannot change a code.
+
+        That holds when this quantizer maps ``lo`` to code 0 and ``hi`` to code ``qmax`` with a
+        margin (QuantizeLinear saturates, and a sub-8-bit Clip follows the Q), so values beyond
+        the bounds land on the same code with or without the clamp. The export then drops the
+        clamp, and the integer-exact simulation lets the fused kernel's saturation do it.
+        """
+        if self.mode != "quant":
+            return False
+        import numpy as np
+        s = float(np.float32(self.effective_scale().detach().cpu().numpy()))
+        zp = float(self.zero_point)
+        margin = 1e-3
+        ok_lo = lo is None or np.float32(lo) / np.float32(s) + zp <= 0.5 - margin
+        ok_hi = hi is not None and np.float32(hi) / np.float32(s) + zp >= self.qmax - 0.5 + margin
+        return bool(ok_lo and (ok_hi or hi is None))
+
     def range(self) -> tuple[float, float]:
         """The representable [lo, hi] in float units."""
         s = float(self.effective_scale())

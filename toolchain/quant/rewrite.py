@@ -14,8 +14,10 @@ ATen graph of ``ExportedProgram.module()``:
    on their input's grid (reshape, slice, zero padding, max pooling) need no quantizer;
 5. bit widths: the first and last Conv/Linear layers (no Conv/Linear before / after
    them) get ``first_last_bits`` for their weights and input activations, and so does
-   the network input; everything else ``wbits``/``abits``. The logits (used only as the
-   graph output) are left in float.
+   the network input; everything else ``wbits``/``abits``. The scheme's target then
+   narrows a layer's weights where its codes could saturate the target's kernels
+   (:meth:`QuantScheme.layer_weight_bits`). The logits (used only as the graph output)
+   are left in float.
 
 The FP program is not modified.
 """
@@ -361,10 +363,6 @@ def quantize_graph(program, scheme: QuantScheme) -> QuantizedModel:
     output_nodes: set[fx.Node] = set()
     out_node = next(n for n in gm.graph.nodes if n.op == "output")
     fx.node.map_arg(out_node.args, lambda a: output_nodes.add(a))
-    for n, layer in layers.items():
-        fl = "first" in layer.role or "last" in layer.role
-        layer.weight_quant.bits = scheme.first_last_bits if fl else scheme.wbits
-        layer.weight_quant.init_from(layer.weight)
     for q, _ in list(ins.qnodes.items()):
         qn = ins.qnodes[q]
         mod = gm.get_submodule(qn.target)
@@ -372,6 +370,12 @@ def quantize_graph(program, scheme: QuantScheme) -> QuantizedModel:
         edge = qn is input_q or any(c in layers and layers[c].role for c in consumers) \
             or any(c in output_nodes or c.op == "output" for c in consumers)
         mod.bits = scheme.first_last_bits if edge else scheme.abits
+    for n, layer in layers.items():
+        fl = "first" in layer.role or "last" in layer.role
+        # the target's rule (e.g. int16-pair safety on `portable`) sees the codes the layer reads
+        layer.weight_quant.bits = scheme.layer_weight_bits(scheme.first_last_bits if fl else scheme.wbits,
+                                                           layer.input_quant.bits)
+        layer.weight_quant.init_from(layer.weight)
 
     gm.graph.eliminate_dead_code()
     gm.graph.lint()

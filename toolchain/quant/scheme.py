@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from ..errors import ConfigError
+from ..targets import DEFAULT_TARGET, get_target, safe_weight_bits
 
 MIN_BITS, MAX_BITS = 2, 8
 
@@ -25,14 +26,18 @@ class QuantScheme:
         first_last_bits: bit width of the first and last Conv/Linear layers' weights and
             of their input activations (the network input included); the logits stay float.
             Defaults to 8, the convention of the zero-shot literature.
+        target: deployment target (:mod:`toolchain.targets`): ``portable`` (default) narrows
+            the weights of any layer whose codes could saturate an int16 pair sum on
+            AVX2-only x86 CPUs; ``x86-vnni`` and ``arm64`` keep full 8-bit ranges.
 
     Raises:
-        ConfigError: a bit width outside 2..8.
+        ConfigError: a bit width outside 2..8, or an unknown target.
     """
 
     wbits: int = 8
     abits: int = 8
     first_last_bits: int = 8
+    target: str = DEFAULT_TARGET
 
     def __post_init__(self):
         for name in ("wbits", "abits", "first_last_bits"):
@@ -42,16 +47,30 @@ class QuantScheme:
                     f"--{name.replace('_', '-')} must be an integer in {MIN_BITS}..{MAX_BITS}, got {v!r}",
                     "8-bit containers hold every width up to 8; use --bits 8, 6, 4 or 3",
                 )
+        get_target(self.target)
+
+    def layer_weight_bits(self, weight_bits: int, input_act_bits: int) -> int:
+        """The weight bit width a layer gets on this scheme's target, given the bit widths its
+        role asks for (``weight_bits``) and of the activation codes it reads (``input_act_bits``).
+
+        On an int16-pair-safe target (``portable``) that is the largest width ≤ ``weight_bits``
+        with ``2 · (2**a − 1) · (2**(w−1) − 1) ≤ 32,767`` (8-bit weights on 8-bit inputs → 7);
+        elsewhere ``weight_bits`` itself.
+        """
+        if get_target(self.target).int16_pair_safe:
+            return safe_weight_bits(weight_bits, input_act_bits)
+        return int(weight_bits)
 
     @classmethod
     def from_bits(cls, bits: int | None = None, wbits: int | None = None,
-                  abits: int | None = None, first_last_bits: int | None = 8) -> "QuantScheme":
-        """Resolve the CLI's ``--bits/--wbits/--abits/--first-last-bits``: specific flags win."""
+                  abits: int | None = None, first_last_bits: int | None = 8,
+                  target: str | None = None) -> "QuantScheme":
+        """Resolve the CLI's ``--bits/--wbits/--abits/--first-last-bits/--target``: specific flags win."""
         b = 8 if bits is None else bits
         w = b if wbits is None else wbits
         a = b if abits is None else abits
         fl = 8 if first_last_bits is None else first_last_bits
-        return cls(wbits=w, abits=a, first_last_bits=fl)
+        return cls(wbits=w, abits=a, first_last_bits=fl, target=target or DEFAULT_TARGET)
 
     @property
     def tag(self) -> str:

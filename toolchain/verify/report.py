@@ -58,7 +58,12 @@ def report_footer(report: dict) -> list[str]:
         shown = ", ".join(f"{d['name'] or '?'} ({d['op_type']})" for d in floats[:6])
         more = f", … {len(floats) - 6} more" if len(floats) > 6 else ""
         lines.append(f"compute nodes left in float: {shown}{more}")
+    cpu = report.get("machine") or {}
+    if cpu:
+        lines.append(f"CPU: {cpu.get('model', '?')} ({cpu.get('arch', '?')}; "
+                     f"{' '.join(cpu.get('flags') or []) or 'no ISA flags read'})")
     lines += [f"note: {n}" for n in report.get("notes") or []]
+    lines += [f"warning: {w}" for w in report.get("warnings") or []]
     return lines
 
 

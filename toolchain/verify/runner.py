@@ -16,6 +16,7 @@ from ..errors import ConfigError, InputFileError
 from .evaluate import ProgressFn, evaluate
 from .integer_ops import inspect_integer_ops
 from .latency import measure_latency
+from .machine import cpu_info, probe_int16_pair_saturation, saturation_risks, saturation_warning
 from .model_card import read_model_meta
 from .session import Classifier
 
@@ -73,6 +74,14 @@ def verify(qdq_path: str | os.PathLike, data: str | os.PathLike | EvalSet, *,
             integer_ops: {conv_total, conv_integer, float_nodes, optimized_op_counts,
                           inspected_level, method}
             ort_version, providers, meta (the model card), files: {quantized, fp32, data},
+            machine: {model, arch, flags, source, int16_pair_saturation, native_target,
+                      int16_pair_saturation_probed}
+                                the CPU (:func:`~toolchain.verify.machine.cpu_info`; the last
+                                field measured by :func:`~toolchain.verify.machine.probe_int16_pair_saturation`)
+            saturation: {layers: [{node, qmax_act, qmax_weight, bound}] | null, exact_here}
+                                integer layers whose codes can saturate an int16 pair sum
+                                (null: onnx not installed), and whether this CPU is exact for them
+            warnings (list of strings: e.g. saturation on this CPU),
             data_fingerprint, settings, notes (list of strings), zqtool_version, wall_s
 
     Raises:
@@ -147,6 +156,12 @@ def verify(qdq_path: str | os.PathLike, data: str | os.PathLike | EvalSet, *,
         notes.append(f"only {int_ops['conv_integer']} of {int_ops['conv_total']} Conv/Gemm/MatMul nodes run as "
                      "integer kernels on this onnxruntime; the rest compute in float")
 
+    cpu = cpu_info()
+    probed = probe_int16_pair_saturation()
+    saturates = cpu.int16_pair_saturation if probed is None else probed
+    risks = saturation_risks(qdq_path)
+    warnings = [w for w in (saturation_warning(risks, saturates, cpu),) if w]
+
     q_acc = result.tallies["quantized"].percent()
     fp_acc = result.tallies["fp32"].percent() if fp is not None else {"top1": None, "top5": None}
     p = q_acc["top1"] / 100.0
@@ -165,6 +180,10 @@ def verify(qdq_path: str | os.PathLike, data: str | os.PathLike | EvalSet, *,
         "integer_ops": int_ops,
         "ort_version": ort.__version__,
         "providers": quantized.providers,
+        "machine": {**cpu.to_dict(), "int16_pair_saturation_probed": probed},
+        "saturation": {"layers": None if risks is None else [vars(r) for r in risks],
+                       "exact_here": None if risks is None or saturates is None else (not risks or not saturates)},
+        "warnings": warnings,
         "meta": meta.to_dict(),
         "files": {"quantized": os.fspath(qdq_path), "fp32": os.fspath(fp_path) if fp is not None else None,
                   "data": data_desc},

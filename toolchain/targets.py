@@ -1,0 +1,95 @@
+"""Deployment targets: which integer ranges a CPU's 8-bit kernels compute exactly.
+
+torch-free (the verifier imports it on the device).
+
+onnxruntime's u8×s8 kernels on x86-64 CPUs without VNNI (AVX2, and AVX-512 without
+VNNI) multiply uint8 activation codes by int8 weight codes with ``vpmaddubsw``, which
+adds each *pair* of products in int16 with signed saturation before widening to int32
+(MLAS ``MlasGemmU8S8KernelAvx2``; its depthwise and ``QGemm`` paths share it). With
+codes up to 255 and ±127 a pair reaches 64,770 > 32,767, so the sum saturates and the
+result depends on the CPU. VNNI (``vpdpbusd``), AMX and ARM64's NEON/dot-product kernels
+widen every product to int32 first and are exact.
+
+A scheme is *int16-pair safe* when, for every integer layer, ``2 · qmax_act · qmax_weight
+≤ 32,767`` where ``qmax_act`` is the largest activation code the layer can see (the raw
+uint8 code, zero point included: MLAS corrects for the zero point after the sum) and
+``qmax_weight`` the largest |weight code|. Such a model computes the same integers on
+every CPU.
+
+Targets:
+
+- ``portable`` (default): int16-pair safe. A layer whose ranges would saturate gets
+  7-bit weight codes (narrow range [−63, 63]; with 8-bit activations 2·255·63 = 32,130).
+- ``x86-vnni``: full 8-bit ranges, for x86 CPUs with AVX512-VNNI / AVX-VNNI / AMX.
+- ``arm64``: full 8-bit ranges, for ARM64 CPUs (NEON widens products to int32).
+
+Sub-8-bit layers are already safe (e.g. W4A4: 2·15·7 = 210); the rule is the same check.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .errors import ConfigError
+
+#: largest int16 value: the bound of a saturating pair sum (vpmaddubsw)
+INT16_MAX = 32767
+
+
+@dataclass(frozen=True)
+class Target:
+    """A deployment target of the quantization scheme.
+
+    Attributes:
+        name: the ``--target`` value.
+        description: one line for ``--help`` and ``zqtool list``.
+        int16_pair_safe: whether every integer layer must satisfy
+            ``2 · qmax_act · qmax_weight ≤ 32,767`` (see the module docstring).
+    """
+
+    name: str
+    description: str
+    int16_pair_safe: bool
+
+
+TARGETS: dict[str, Target] = {}
+
+
+def register_target(target: Target) -> Target:
+    TARGETS[target.name] = target
+    return target
+
+
+PORTABLE = register_target(Target(
+    "portable", "exact on every x86-64 and ARM64 CPU (7-bit weight codes where 8-bit ones could saturate "
+    "onnxruntime's AVX2 kernels)", True))
+register_target(Target("x86-vnni", "full 8-bit ranges for x86-64 CPUs with AVX512-VNNI, AVX-VNNI or AMX", False))
+register_target(Target("arm64", "full 8-bit ranges for ARM64 CPUs (NEON, dot-product)", False))
+DEFAULT_TARGET = PORTABLE.name
+
+
+def get_target(name: str) -> Target:
+    """The registered target ``name``. Raises ConfigError listing the registered ones."""
+    try:
+        return TARGETS[name]
+    except KeyError:
+        raise ConfigError(f"unknown --target {name!r}", f"choose one of {', '.join(TARGETS)}") from None
+
+
+def pair_sum_bound(qmax_act: int, qmax_weight: int) -> int:
+    """Largest |sum of two products| of uint8 codes ≤ ``qmax_act`` and int8 codes ≤ ``qmax_weight``."""
+    return 2 * int(qmax_act) * int(qmax_weight)
+
+
+def pair_sum_safe(qmax_act: int, qmax_weight: int) -> bool:
+    """True when a saturating int16 pair sum (vpmaddubsw) cannot saturate for these ranges."""
+    return pair_sum_bound(qmax_act, qmax_weight) <= INT16_MAX
+
+
+def safe_weight_bits(weight_bits: int, act_bits: int) -> int:
+    """The largest weight bit width ≤ ``weight_bits`` (narrow range, qmax = 2**(b-1) − 1) whose
+    codes are pair-sum safe with ``act_bits``-bit unsigned activations (qmax = 2**b − 1)."""
+    b = int(weight_bits)
+    while b > 2 and not pair_sum_safe(2 ** act_bits - 1, 2 ** (b - 1) - 1):
+        b -= 1
+    return b
