@@ -202,6 +202,13 @@ class _ExactInterpreter(fx.Interpreter):
 
     def _avg_pool(self, x: Codes, target, args, kwargs) -> Pending | None:
         node = self.current_node
+        if node.target is ops.aten.avg_pool2d.default:  # a window: QLinearAveragePool (float inside)
+            def requantize_window(q):
+                scale, zp, qmax = _grid_of(q)
+                y = K.qlinear_avg_pool(x.q, x.scale, x.zero_point, scale, zp, qmax,
+                                       lambda t: target(t, *args[1:], **kwargs))
+                return Codes(y, scale, zp, qmax)
+            return Pending(requantize_window, lambda: target(x.dequantize(), *args[1:], **kwargs), "avgpool")
         if not _is_global_pool(node, x.q):
             return None
         keep = _keepdim(node)

@@ -11,6 +11,8 @@ to nearest, ties to even (``_mm_cvtps_epi32`` / ``nearbyintf`` under the default
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 F32 = torch.float32
@@ -101,3 +103,13 @@ def qlinear_concat_part(x: torch.Tensor, x_scale, x_zp: int, y_scale, y_zp: int,
     if float(_f32(x_scale)) == float(_f32(y_scale)) and x_zp == y_zp:
         return x.clamp(0, qmax)
     return quantize(dequantize(x, x_scale, x_zp), y_scale, y_zp, qmax)
+
+
+def qlinear_avg_pool(x: torch.Tensor, x_scale, x_zp: int, y_scale, y_zp: int, qmax: int,
+                     pool: "Callable[[torch.Tensor], torch.Tensor]") -> torch.Tensor:
+    """QLinearAveragePool (a window smaller than the image): the window average of the
+    dequantized codes in float32 (``pool``: torch's avg_pool2d with the node's kernel, stride,
+    padding and count_include_pad), then ``nearbyintf(avg / y_scale + y_zp)`` — the zero point
+    is added *before* rounding — clamped to [0, qmax]."""
+    avg = pool(dequantize(x, x_scale, x_zp))
+    return torch.round(avg / _f32(y_scale) + _f32(float(y_zp))).double().clamp(0, qmax)

@@ -88,9 +88,14 @@ def _parse_proc_cpuinfo(text: str) -> tuple[str, set[str]]:
     return model, flags
 
 
-def cpu_info(proc_cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> CpuInfo:
-    """Read the CPU model and ISA flags from the OS (Linux ``/proc/cpuinfo``, macOS ``sysctl``)."""
-    arch = platform.machine() or "unknown"
+def cpu_info(proc_cpuinfo: str | os.PathLike = "/proc/cpuinfo", *, machine: str | None = None) -> CpuInfo:
+    """Read the CPU model and ISA flags from the OS (Linux ``/proc/cpuinfo``, macOS ``sysctl``).
+
+    Args:
+        proc_cpuinfo: the cpuinfo file to read (tests pass another machine's).
+        machine: the architecture (default ``platform.machine()``).
+    """
+    arch = machine or platform.machine() or "unknown"
     path = Path(proc_cpuinfo)
     if path.is_file():
         try:
