@@ -154,12 +154,23 @@ def test_first_last_layers_and_edges_get_first_last_bits(qnet):
     _, qm = qnet
     layers = qm.layers()
     assert layers["conv"].role == "first" and layers["fc"].role == "last"
-    assert layers["conv"].weight_quant.bits == 8 and layers["fc"].weight_quant.bits == 8
+    # portable target: 8-bit weights on 8-bit inputs are narrowed to 7-bit codes (int16-pair safe)
+    assert layers["conv"].weight_quant.bits == 7 and layers["fc"].weight_quant.bits == 7
+    assert layers["conv"].weight_quant.qmax == 63
     assert layers["conv1"].weight_quant.bits == 4
     aq = qm.act_quantizers()
     assert aq["act_quant.input"].bits == 8
     assert aq["act_quant.adaptive_avg_pool2d"].bits == 8     # input of the last layer
     assert aq["act_quant.conv1"].bits == 4
+
+
+def test_full_range_targets_keep_8bit_first_last_weights(qnet):
+    m, _ = qnet
+    for target in ("x86-vnni", "arm64"):
+        qm = quantize_graph(export(m), QuantScheme.from_bits(4, target=target))
+        layers = qm.layers()
+        assert layers["conv"].weight_quant.bits == 8 and layers["fc"].weight_quant.bits == 8
+        assert layers["conv1"].weight_quant.bits == 4
 
 
 def test_bias_is_int32_with_scale_sin_times_sw(qnet):
