@@ -443,3 +443,24 @@ def test_qdq_at_opset_21(exported, inputs, tmp_path):
     path = write_qdq(qm, META, tmp_path / "m21.onnx", opset=21)
     assert onnx.load(str(path)).opset_import[0].version == 21
     assert check_parity(qm, path, inputs[:16], optimization="off")["off"]["max_diff_lsb"] < 1.0
+
+
+def test_parity_names_the_first_tensor_that_differs(exported, inputs, tmp_path):
+    """A QDQ file whose second conv's int32 bias was changed: parity at 'on' is no longer identical and
+    the report names that conv's output quantizer and the QLinearConv kernel."""
+    qm, path = exported("resnet", 8)
+    m = onnx.load(str(path))
+    conv_paths = [n.name for n in m.graph.node if n.op_type == "Conv"]
+    target = conv_paths[1]
+    bias = next(t for t in m.graph.initializer if t.name == f"{target}.bias")
+    arr = numpy_helper.to_array(bias).copy()
+    arr += np.int32(5000)
+    bias.CopyFrom(numpy_helper.from_array(arr, bias.name))
+    tampered = tmp_path / "tampered.qdq.onnx"
+    onnx.save(m, str(tampered))
+    on = check_parity(qm, tampered, inputs, optimization="on")["on"]
+    assert on["identical"] < 100.0
+    first = on["first_difference"]
+    assert first["ort_op"] == "QLinearConv" and first["differing"] > 0
+    assert first["quantizer"].replace("act_quant.", "") == target.replace(".", "_")
+    assert "first_difference" not in check_parity(qm, path, inputs, optimization="on")["on"]

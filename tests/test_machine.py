@@ -6,7 +6,7 @@ import pytest
 
 from toolchain.errors import ConfigError
 from toolchain.quant.scheme import QuantScheme
-from toolchain.targets import TARGETS, pair_sum_safe, safe_weight_bits
+from toolchain.targets import TARGETS, Target, pair_sum_safe, safe_weight_bits
 from toolchain.verify.machine import (CpuInfo, SaturationRisk, cpu_info, probe_int16_pair_saturation,
                                       saturation_warning)
 
@@ -72,10 +72,12 @@ def test_pair_sum_rule():
 
 def test_scheme_applies_the_target_rule():
     assert QuantScheme().target == "portable"
-    assert QuantScheme().layer_weight_bits(8, 8) == 7
-    assert QuantScheme(target="x86-vnni").layer_weight_bits(8, 8) == 8
-    assert QuantScheme(target="arm64").layer_weight_bits(8, 8) == 8
-    assert QuantScheme(4, 4).layer_weight_bits(4, 4) == 4
+    assert QuantScheme().layer_bits(8, 8) == (7, 8)
+    assert QuantScheme().layer_bits(8, 4) == (8, 4)
+    assert QuantScheme(target="x86-vnni").layer_bits(8, 8) == (8, 8)
+    assert QuantScheme(target="arm64").layer_bits(8, 8) == (8, 8)
+    assert QuantScheme(4, 4).layer_bits(4, 4) == (4, 4)
+    assert Target("t", "", True, narrow="act").layer_bits(8, 8) == (8, 7)
     assert set(TARGETS) == {"portable", "x86-vnni", "arm64"}
     with pytest.raises(ConfigError, match="unknown --target 'avx9'"):
         QuantScheme(target="avx9")

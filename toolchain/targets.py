@@ -45,11 +45,25 @@ class Target:
         description: one line for ``--help`` and ``zqtool list``.
         int16_pair_safe: whether every integer layer must satisfy
             ``2 · qmax_act · qmax_weight ≤ 32,767`` (see the module docstring).
+        narrow: what a layer that would break the bound narrows: ``"weight"`` (its weight codes,
+            8 → 7 bits) or ``"act"`` (the activation codes it reads, 8 → 7 bits, for every consumer).
     """
 
     name: str
     description: str
     int16_pair_safe: bool
+    narrow: str = "weight"
+
+    def layer_bits(self, weight_bits: int, act_bits: int) -> tuple[int, int]:
+        """(weight bits, input activation bits) of a layer on this target, from what its role asks."""
+        if not self.int16_pair_safe or pair_sum_safe(2 ** act_bits - 1, 2 ** (weight_bits - 1) - 1):
+            return int(weight_bits), int(act_bits)
+        if self.narrow == "act":
+            a = int(act_bits)
+            while a > 2 and not pair_sum_safe(2 ** a - 1, 2 ** (weight_bits - 1) - 1):
+                a -= 1
+            return int(weight_bits), a
+        return safe_weight_bits(weight_bits, act_bits), int(act_bits)
 
 
 TARGETS: dict[str, Target] = {}

@@ -101,7 +101,10 @@ def check_parity(qmodel: QuantizedModel, qdq_path: str | os.PathLike, inputs: to
         - ``max_diff_lsb`` / ``mean_diff_lsb``: max / mean of that difference in output LSBs
           (:func:`output_lsb`: the step of an 8-bit grid over the reference logits' range);
         - ``lsb``: that step, in logit units;
-        - ``n``: number of inputs (0, with the other fields None, for empty ``inputs``).
+        - ``n``: number of inputs (0, with the other fields None, for empty ``inputs``);
+        - ``first_difference`` (fused levels, only when not bit-identical): the first quantized
+          tensor whose codes differ, the onnxruntime kernel that produced it and why
+          (:func:`toolchain.export.divergence.first_divergence`, on up to 8 differing inputs).
 
     Raises:
         ValueError: ``inputs`` not 4-D, or an unknown ``optimization``.
@@ -136,4 +139,8 @@ def check_parity(qmodel: QuantizedModel, qdq_path: str | os.PathLike, inputs: to
             "lsb": scale,
             "n": int(len(x)),
         }
+        if REFERENCE[lv] == "exact" and result[lv]["identical"] < 100.0:
+            from .divergence import first_divergence
+            rows = np.flatnonzero((out != ref).reshape(len(out), -1).any(1))[:8]
+            result[lv]["first_difference"] = first_divergence(qmodel, qdq_path, x[torch.from_numpy(rows)])
     return result

@@ -92,8 +92,14 @@ def _grid_of(q: _ActPerTensorFloat) -> tuple[torch.Tensor, int, int]:
     return q.effective_scale().detach().float().reshape(()), int(round(float(q.zero_point))), int(q.qmax)
 
 
-class _ExactInterpreter(fx.Interpreter):
-    """Runs ``qmodel.gm`` with :class:`Codes` / :class:`Pending` values (module docstring)."""
+class ExactInterpreter(fx.Interpreter):
+    """Runs ``qmodel.gm`` with :class:`Codes` / :class:`Pending` values (module docstring).
+
+    :meth:`on_codes` is called with every activation quantizer's codes (override it to record them).
+    """
+
+    def on_codes(self, quantizer_path: str, codes: Codes) -> None:
+        """Hook: the codes an activation quantizer (graph module path) produced."""
 
     def __init__(self, gm: fx.GraphModule):
         super().__init__(gm)
@@ -109,7 +115,10 @@ class _ExactInterpreter(fx.Interpreter):
         mod = self.gm.get_submodule(target)
         x = args[0]
         if isinstance(mod, _ActPerTensorFloat):
-            return self._quantize(mod, x)
+            out = self._quantize(mod, x)
+            if isinstance(out, Codes):
+                self.on_codes(target, out)
+            return out
         if isinstance(mod, _QuantLayer):
             return self._layer(mod, x)
         return mod(*[_materialize(a) for a in args], **kwargs)
@@ -254,7 +263,7 @@ def exact_forward(qmodel: QuantizedModel, x: torch.Tensor) -> torch.Tensor:
     Returns:
         The first output (e.g. logits (N, num_classes)) as float32.
     """
-    out = _ExactInterpreter(qmodel.gm).run(x.float())
+    out = ExactInterpreter(qmodel.gm).run(x.float())
     if isinstance(out, (tuple, list)):
         out = out[0]
     return _materialize(out).float()

@@ -16,7 +16,7 @@ ATen graph of ``ExportedProgram.module()``:
    them) get ``first_last_bits`` for their weights and input activations, and so does
    the network input; everything else ``wbits``/``abits``. The scheme's target then
    narrows a layer's weights where its codes could saturate the target's kernels
-   (:meth:`QuantScheme.layer_weight_bits`). The logits (used only as the graph output)
+   (:meth:`QuantScheme.layer_bits`). The logits (used only as the graph output)
    are left in float.
 
 The FP program is not modified.
@@ -373,8 +373,9 @@ def quantize_graph(program, scheme: QuantScheme) -> QuantizedModel:
     for n, layer in layers.items():
         fl = "first" in layer.role or "last" in layer.role
         # the target's rule (e.g. int16-pair safety on `portable`) sees the codes the layer reads
-        layer.weight_quant.bits = scheme.layer_weight_bits(scheme.first_last_bits if fl else scheme.wbits,
-                                                           layer.input_quant.bits)
+        wbits, abits = scheme.layer_bits(scheme.first_last_bits if fl else scheme.wbits, layer.input_quant.bits)
+        layer.weight_quant.bits = wbits
+        layer.input_quant.bits = min(layer.input_quant.bits, abits)
         layer.weight_quant.init_from(layer.weight)
 
     gm.graph.eliminate_dead_code()

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from ..errors import ConfigError
-from ..targets import DEFAULT_TARGET, get_target, safe_weight_bits
+from ..targets import DEFAULT_TARGET, get_target
 
 MIN_BITS, MAX_BITS = 2, 8
 
@@ -49,17 +49,13 @@ class QuantScheme:
                 )
         get_target(self.target)
 
-    def layer_weight_bits(self, weight_bits: int, input_act_bits: int) -> int:
-        """The weight bit width a layer gets on this scheme's target, given the bit widths its
-        role asks for (``weight_bits``) and of the activation codes it reads (``input_act_bits``).
-
-        On an int16-pair-safe target (``portable``) that is the largest width ≤ ``weight_bits``
-        with ``2 · (2**a − 1) · (2**(w−1) − 1) ≤ 32,767`` (8-bit weights on 8-bit inputs → 7);
-        elsewhere ``weight_bits`` itself.
+    def layer_bits(self, weight_bits: int, input_act_bits: int) -> tuple[int, int]:
+        """(weight bits, input activation bits) a layer gets on this scheme's target, given the
+        widths its role asks for. On an int16-pair-safe target (``portable``) the pair satisfies
+        ``2 · (2**a − 1) · (2**(w−1) − 1) ≤ 32,767`` (8-bit weights on 8-bit inputs → 7-bit
+        weights); elsewhere it is returned unchanged (:meth:`toolchain.targets.Target.layer_bits`).
         """
-        if get_target(self.target).int16_pair_safe:
-            return safe_weight_bits(weight_bits, input_act_bits)
-        return int(weight_bits)
+        return get_target(self.target).layer_bits(weight_bits, input_act_bits)
 
     @classmethod
     def from_bits(cls, bits: int | None = None, wbits: int | None = None,
