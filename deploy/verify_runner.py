@@ -9,7 +9,7 @@ Usage:
 Needs the ``toolchain`` package importable: either zqtool installed, or these files
 copied next to this script (keeping their paths):
 
-    toolchain/__init__.py  toolchain/errors.py  toolchain/models/meta.py
+    toolchain/__init__.py  toolchain/errors.py  toolchain/targets.py  toolchain/models/meta.py
     toolchain/data/        toolchain/verify/
 
 Prints the report as a plain-text table; ``--json`` also writes the full report.
@@ -23,7 +23,7 @@ import json
 import os
 import sys
 
-NEEDED = ("toolchain/__init__.py, toolchain/errors.py, toolchain/models/meta.py, "
+NEEDED = ("toolchain/__init__.py, toolchain/errors.py, toolchain/targets.py, toolchain/models/meta.py, "
           "toolchain/data/, toolchain/verify/")
 
 
