@@ -178,8 +178,10 @@ def quantize(model: Path = ModelArg, method: str = MethodOpt, bits: int = BitsOp
         q = quantize_stage(fp, store=store, progress=progress,
                            **_quant_options(method, bits, wbits, abits, first_last_bits, budget, recipe, set_,
                                             seed, device, target))
-    console.print(f"quantized with {q.method} ({q.scheme.tag}, target {q.scheme.target}); "
-                  f"export with: zqtool export {q.dir}")
+    rec = (q.config_json().get("recipe") or {})
+    console.print(f"quantized with {q.method} ({q.scheme.tag}, target {q.scheme.target}; recipe "
+                  f"{rec.get('file', '?')} [{rec.get('budget', '?')}]); export with: zqtool export {q.dir}",
+                  highlight=False, soft_wrap=True, markup=False)
     typer.echo(str(q.dir))
 
 
@@ -297,8 +299,9 @@ def _run(run_fn, model, data, store, method, bits, wbits, abits, fl, budget, rec
     out_console.print(render_report(report))
     q = report["quantize"]
     extra = f" (+{q['method_s'] - q['wall_s']:.1f} s to build reused cached artifacts)" if q.get("reused") else ""
-    console.print(f"method {q['method']} ({q['budget']} budget), quantize wall time {q['wall_s']:.1f} s{extra} "
-                  f"on {q['device']}")
+    rec = q.get("recipe") or {}
+    console.print(f"method {q['method']} ({q['budget']} budget, recipe {rec.get('file', '?')}), quantize wall time "
+                  f"{q['wall_s']:.1f} s{extra} on {q['device']}", highlight=False, soft_wrap=True)
     p = report.get("parity")
     if p:
         console.print("parity torch vs onnxruntime: " + _parity_line(p), highlight=False)

@@ -67,6 +67,10 @@ class QArtifact:
         from .quant.rewrite import quantize_graph
         return quantize_graph(self.fp.program(), self.scheme).eval()
 
+    def config_json(self) -> dict:
+        """The run's ``config.json`` (method, scheme, recipe file and budget, seed, device)."""
+        return read_json(self.dir / "config.json")
+
     @classmethod
     def open(cls, d: str | Path) -> "QArtifact":
         """Open a quantize run directory (``runs/q/<key>``). Raises InputFileError if it is not one."""
@@ -208,8 +212,10 @@ def quantize_stage(fp: FPArtifact, *, method: str = "bnstat", scheme: QuantSchem
     reused: dict[str, float] = {}  # cached artifacts this run reused → seconds they took to build
     cached = _synth_cache(store, fp, seed, reused)
 
+    from .methods.recipes import recipe_origin
+    recipe_used = {"file": recipe_origin(method, recipe), "budget": budget}
     config = {"fp_dir": str(fp.dir.resolve()), "fp": fp.key, "method": method, "method_config": cfg_dict,
-              "scheme": scheme.to_dict(), "seed": seed, "budget": budget, "device": str(dev)}
+              "scheme": scheme.to_dict(), "seed": seed, "budget": budget, "recipe": recipe_used, "device": str(dev)}
     with store.build(Q_STAGE, key, config) as d:
         ctx = MethodContext(teacher=teacher, qmodel=qmodel, meta=fp.meta, scheme=scheme, device=dev,
                             seed=seed, workdir=store.root / "work" / key, progress=progress, cached=cached)
@@ -220,10 +226,10 @@ def quantize_stage(fp: FPArtifact, *, method: str = "bnstat", scheme: QuantSchem
         torch.save(qmodel.state_dict(), d / "quantized.pt")
         # wall_s: this run; method_s: what the method costs from scratch (cached artifacts' build time added)
         method_s = wall + sum(reused.values())
-        write_json(d / "quant.json", {"method": method, "scheme": scheme.to_dict(), "wall_s": wall,
-                                      "method_s": method_s, "reused": reused, "device": str(dev),
-                                      "quantizers": qmodel.summary()})
-        write_json(d / "log.json", {"wall_s": wall, "method_s": method_s, **ctx.log})
+        write_json(d / "quant.json", {"method": method, "scheme": scheme.to_dict(), "recipe": recipe_used,
+                                      "method_config": cfg_dict, "wall_s": wall, "method_s": method_s,
+                                      "reused": reused, "device": str(dev), "quantizers": qmodel.summary()})
+        write_json(d / "log.json", {"wall_s": wall, "method_s": method_s, "recipe": recipe_used, **ctx.log})
     return QArtifact.open(store.path(Q_STAGE, key))
 
 
@@ -405,7 +411,8 @@ def run(model: str | Path, data: str | Path, *, load_options: dict | None = None
         if parity_images else None
     qlog = read_json(q.dir / "quant.json")
     return {**report,
-            "quantize": {"method": method, "budget": budget, "scheme": q.scheme.to_dict(), "seed": seed,
+            "quantize": {"method": method, "budget": budget, "recipe": qlog.get("recipe"),
+                         "scheme": q.scheme.to_dict(), "seed": seed,
                          "wall_s": qlog.get("wall_s"), "method_s": qlog.get("method_s"),
                          "reused": qlog.get("reused", {}), "device": qlog.get("device")},
             "parity": parity,

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Build zqtool's wheel, install it into a fresh venv (not editable, no checkout on the path) and check
+# that it works there: `zqtool demo`, and a method run with --budget cpu whose recorded settings are the
+# shipped cpu recipe's. Fails on a setuptools deprecation warning in the build. Used by .ci/run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+PY=${PYTHON:-python3}
+W=$(mktemp -d)
+trap 'rm -rf "$W"' EXIT
+
+echo "== wheel: build"
+"$PY" -m pip wheel --no-deps -w "$W/dist" . > "$W/build.log" 2>&1 || { cat "$W/build.log"; exit 1; }
+if grep -i -E "deprecat" "$W/build.log"; then
+  echo "wheel_check: the build printed a deprecation warning (above)"; exit 1
+fi
+WHEEL=$(ls "$W"/dist/zqtool-*.whl)
+echo "built $(basename "$WHEEL")"
+
+echo "== wheel: install into a fresh venv"
+"$PY" -m venv "$W/venv"
+"$W/venv/bin/python" -m pip install -q -c "$ROOT/constraints.txt" "torch==2.13.0"
+"$W/venv/bin/python" -m pip install -q -c "$ROOT/constraints.txt" "${WHEEL}[demo]"
+
+cd "$W"   # nothing of the checkout on the path from here on
+"$W/venv/bin/python" - <<'EOF'
+import toolchain, toolchain.methods.recipes as r
+assert "site-packages" in toolchain.__file__, toolchain.__file__
+for m in ("minmax", "bnstat", "gznq", "zaq", "lrq"):
+    for b in r.BUDGETS:
+        assert r.load_recipe(m, b), (m, b)
+print("recipes shipped:", r.recipe_origin("gznq"), "…")
+EOF
+
+echo "== wheel: zqtool demo"
+"$W/venv/bin/zqtool" demo --out "$W/demo" --bits 8 > "$W/demo.log" 2>&1 || { cat "$W/demo.log"; exit 1; }
+grep -E "parity|quantized " "$W/demo.log" | tail -3
+
+echo "== wheel: a method with --budget cpu uses the shipped cpu recipe"
+Q=$("$W/venv/bin/zqtool" quantize "$W/demo/tinynet-digits.pt" --arch tinynet --method bnstat --bits 4 \
+     --budget cpu --set iterations=3 --out "$W/runs" 2> "$W/quantize.log" | tail -1) \
+     || { cat "$W/quantize.log"; exit 1; }
+grep "recipe" "$W/quantize.log"
+"$W/venv/bin/python" - "$Q" <<'EOF'
+import json, sys, tomllib
+from importlib import resources
+q = json.load(open(f"{sys.argv[1]}/quant.json"))
+recipe = tomllib.loads((resources.files("toolchain.recipes") / "bnstat.toml").read_text())["cpu"]
+assert q["recipe"]["budget"] == "cpu" and q["recipe"]["file"].endswith("site-packages/toolchain/recipes/bnstat.toml"), q["recipe"]
+cfg = q["method_config"]
+for k, v in recipe.items():
+    assert cfg[k] == v, (k, cfg[k], v)
+assert cfg["iterations"] == 3
+print("cpu recipe applied:", {k: cfg[k] for k in recipe})
+EOF
+echo "wheel_check: ok"

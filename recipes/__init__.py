@@ -1,0 +1,1 @@
+"""Method recipes (one TOML file per method, a table per budget), installed as ``toolchain.recipes``."""
