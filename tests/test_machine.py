@@ -6,7 +6,7 @@ import pytest
 
 from toolchain.errors import ConfigError
 from toolchain.quant.scheme import QuantScheme
-from toolchain.targets import TARGETS, Target, pair_sum_safe, safe_weight_bits
+from toolchain.targets import TARGETS, Target, is_depthwise, pair_sum_safe, safe_weight_bits
 from toolchain.verify.machine import (CpuInfo, SaturationRisk, cpu_info, probe_int16_pair_saturation,
                                       saturation_warning)
 
@@ -78,6 +78,8 @@ def test_scheme_applies_the_target_rule():
     assert QuantScheme(target="arm64").layer_bits(8, 8) == (8, 8)
     assert QuantScheme(4, 4).layer_bits(4, 4) == (4, 4)
     assert Target("t", "", True, narrow="act").layer_bits(8, 8) == (8, 7)
+    assert QuantScheme().layer_bits(8, 8, depthwise=True) == (8, 8)  # MLAS's depthwise kernel is exact
+    assert is_depthwise(32, 1, 32) and not is_depthwise(32, 4, 8) and not is_depthwise(1, 1, 1)
     assert set(TARGETS) == {"portable", "x86-vnni", "arm64"}
     with pytest.raises(ConfigError, match="unknown --target 'avx9'"):
         QuantScheme(target="avx9")

@@ -24,6 +24,10 @@ Targets:
 - ``arm64``: full 8-bit ranges, for ARM64 CPUs (NEON widens products to int32).
 
 Sub-8-bit layers are already safe (e.g. W4A4: 2·15·7 = 210); the rule is the same check.
+Depthwise convolutions (one input and one output channel per group) are exempt: MLAS runs them
+with a kernel that widens each product to int32 on every ISA (checked on an emulated AVX2 CPU,
+``examples/avx2_emulated.py``), so they keep full 8-bit weights on every target; grouped and
+regular convolutions and Gemm/MatMul go through the pairwise u8×s8 kernels.
 """
 
 from __future__ import annotations
@@ -54,9 +58,11 @@ class Target:
     int16_pair_safe: bool
     narrow: str = "weight"
 
-    def layer_bits(self, weight_bits: int, act_bits: int) -> tuple[int, int]:
-        """(weight bits, input activation bits) of a layer on this target, from what its role asks."""
-        if not self.int16_pair_safe or pair_sum_safe(2 ** act_bits - 1, 2 ** (weight_bits - 1) - 1):
+    def layer_bits(self, weight_bits: int, act_bits: int, *, depthwise: bool = False) -> tuple[int, int]:
+        """(weight bits, input activation bits) of a layer on this target, from what its role asks
+        (``depthwise``: a depthwise convolution, whose kernel has no int16 pair sums)."""
+        if not self.int16_pair_safe or depthwise or \
+                pair_sum_safe(2 ** act_bits - 1, 2 ** (weight_bits - 1) - 1):
             return int(weight_bits), int(act_bits)
         if self.narrow == "act":
             a = int(act_bits)
@@ -88,6 +94,12 @@ def get_target(name: str) -> Target:
         return TARGETS[name]
     except KeyError:
         raise ConfigError(f"unknown --target {name!r}", f"choose one of {', '.join(TARGETS)}") from None
+
+
+def is_depthwise(out_channels: int, in_channels_per_group: int, groups: int) -> bool:
+    """Whether a convolution is depthwise (one input and one output channel per group): MLAS's
+    depthwise kernel widens products to int32, so it cannot saturate."""
+    return in_channels_per_group == 1 and groups == out_channels and groups > 1
 
 
 def pair_sum_bound(qmax_act: int, qmax_weight: int) -> int:

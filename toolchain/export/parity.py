@@ -67,8 +67,21 @@ def output_lsb(reference: np.ndarray, bits: int = 8) -> float:
     return span / (2 ** bits - 1) if span > 0 else 1.0
 
 
-#: which simulation each optimization level is compared with
+#: which simulation each optimization level of a QDQ file is compared with
 REFERENCE = {"off": "fakequant", "basic": "exact", "extended": "exact", "on": "exact"}
+#: formats onnxruntime runs in float at every level (INT4/UINT4 Q/DQ has no integer kernels on the CPU EP)
+FLOAT_FORMATS = ("int4", "fp32")
+
+
+def _file_format(path) -> str:
+    import json
+
+    import onnx
+    props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    try:
+        return json.loads(props.get("zqtool.format", '"qdq"'))
+    except ValueError:
+        return "qdq"
 
 
 @torch.no_grad()
@@ -94,7 +107,8 @@ def check_parity(qmodel: QuantizedModel, qdq_path: str | os.PathLike, inputs: to
     Returns:
         ``{level: stats}`` for each level run (e.g. ``{"off": …, "on": …}``), where stats has
         - ``reference``: the simulation compared with (``"fakequant"`` for ``off``, ``"exact"``
-          — the integer-exact simulation — for the fused levels);
+          — the integer-exact simulation — for the fused levels; ``"fakequant"`` throughout for
+          an int4 or fp32 file, which onnxruntime runs in float);
         - ``agreement_top1``: % of inputs whose argmax logit is the same;
         - ``identical``: % of logits that are bit-identical;
         - ``max_abs_diff``: max |logits_ort − logits_torch| (float units);
@@ -119,18 +133,20 @@ def check_parity(qmodel: QuantizedModel, qdq_path: str | os.PathLike, inputs: to
     if inputs.ndim != 4:
         raise ValueError(f"inputs must be (N, C, H, W), got shape {tuple(inputs.shape)}")
     x = inputs.detach().float().contiguous()
-    refs = {kind: _run_torch(qmodel, x, batch_size, kind) for kind in sorted({REFERENCE[lv] for lv in levels})}
+    fmt = _file_format(qdq_path)
+    reference = {lv: "fakequant" if fmt in FLOAT_FORMATS else REFERENCE[lv] for lv in levels}
+    refs = {kind: _run_torch(qmodel, x, batch_size, kind) for kind in sorted(set(reference.values()))}
     xn = x.numpy()
     scale = output_lsb(refs.get("exact", refs.get("fakequant")))
     result = {}
     for lv in levels:
-        ref = refs[REFERENCE[lv]]
+        ref = refs[reference[lv]]
         sess = ort_session(qdq_path, lv, threads=threads)
         out = _run_ort(sess, xn, batch_size)
         diff = np.abs(out.astype(np.float64) - ref.astype(np.float64))
         lsb = diff / scale
         result[lv] = {
-            "reference": REFERENCE[lv],
+            "reference": reference[lv],
             "agreement_top1": float(100.0 * np.mean(out.argmax(1) == ref.argmax(1))),
             "identical": float(100.0 * np.mean(out == ref)),
             "max_abs_diff": float(diff.max()) if diff.size else 0.0,
@@ -139,7 +155,7 @@ def check_parity(qmodel: QuantizedModel, qdq_path: str | os.PathLike, inputs: to
             "lsb": scale,
             "n": int(len(x)),
         }
-        if REFERENCE[lv] == "exact" and result[lv]["identical"] < 100.0:
+        if reference[lv] == "exact" and result[lv]["identical"] < 100.0:
             from .divergence import first_divergence
             rows = np.flatnonzero((out != ref).reshape(len(out), -1).any(1))[:8]
             result[lv]["first_difference"] = first_divergence(qmodel, qdq_path, x[torch.from_numpy(rows)])

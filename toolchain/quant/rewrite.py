@@ -34,6 +34,7 @@ from torch import fx
 
 from ..errors import UnsupportedModelError
 from ..naming import unique_name
+from ..targets import is_depthwise
 from . import ops
 from .fold import fold_bn
 from .layers import QuantConv2d, QuantLinear, _QuantLayer
@@ -373,7 +374,9 @@ def quantize_graph(program, scheme: QuantScheme) -> QuantizedModel:
     for n, layer in layers.items():
         fl = "first" in layer.role or "last" in layer.role
         # the target's rule (e.g. int16-pair safety on `portable`) sees the codes the layer reads
-        wbits, abits = scheme.layer_bits(scheme.first_last_bits if fl else scheme.wbits, layer.input_quant.bits)
+        dw = isinstance(layer, QuantConv2d) and is_depthwise(layer.weight.shape[0], layer.weight.shape[1], layer.groups)
+        wbits, abits = scheme.layer_bits(scheme.first_last_bits if fl else scheme.wbits, layer.input_quant.bits,
+                                         depthwise=dw)
         layer.weight_quant.bits = wbits
         layer.input_quant.bits = min(layer.input_quant.bits, abits)
         layer.weight_quant.init_from(layer.weight)

@@ -49,13 +49,14 @@ class QuantScheme:
                 )
         get_target(self.target)
 
-    def layer_bits(self, weight_bits: int, input_act_bits: int) -> tuple[int, int]:
+    def layer_bits(self, weight_bits: int, input_act_bits: int, *, depthwise: bool = False) -> tuple[int, int]:
         """(weight bits, input activation bits) a layer gets on this scheme's target, given the
         widths its role asks for. On an int16-pair-safe target (``portable``) the pair satisfies
         ``2 · (2**a − 1) · (2**(w−1) − 1) ≤ 32,767`` (8-bit weights on 8-bit inputs → 7-bit
-        weights); elsewhere it is returned unchanged (:meth:`toolchain.targets.Target.layer_bits`).
+        weights); elsewhere, and for a depthwise convolution (``depthwise``: its kernel widens every
+        product to int32), it is returned unchanged (:meth:`toolchain.targets.Target.layer_bits`).
         """
-        return get_target(self.target).layer_bits(weight_bits, input_act_bits)
+        return get_target(self.target).layer_bits(weight_bits, input_act_bits, depthwise=depthwise)
 
     @classmethod
     def from_bits(cls, bits: int | None = None, wbits: int | None = None,

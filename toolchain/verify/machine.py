@@ -21,7 +21,7 @@ import subprocess
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..targets import INT16_MAX, pair_sum_bound
+from ..targets import INT16_MAX, is_depthwise, pair_sum_bound
 
 #: the ISA flags recorded in reports (the ones that select onnxruntime's integer kernels)
 X86_FLAGS = ("avx2", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_tile", "amx_int8")
@@ -186,7 +186,7 @@ def saturation_risks(model_path: str | os.PathLike) -> list[SaturationRisk] | No
     """The Conv/Gemm/MatMul nodes of a QDQ model whose uint8 × int8 codes can saturate.
 
     A node counts when its activation input is ``DequantizeLinear`` of uint8 codes and its weight
-    ``DequantizeLinear`` of an int8 initializer. The activation's ``qmax`` is 255 unless the codes
+    ``DequantizeLinear`` of an int8 initializer, and it is not a depthwise convolution. The activation's ``qmax`` is 255 unless the codes
     pass a ``Clip`` with a constant upper bound on their way from the ``QuantizeLinear``.
 
     Returns:
@@ -236,6 +236,9 @@ def saturation_risks(model_path: str | os.PathLike) -> list[SaturationRisk] | No
         codes = _const_int(init, w.input[0])
         if codes is None or codes.dtype != np.int8:
             continue
+        group = next((a.i for a in n.attribute if a.name == "group"), 1) if n.op_type == "Conv" else 1
+        if n.op_type == "Conv" and codes.ndim == 4 and is_depthwise(codes.shape[0], codes.shape[1], group):
+            continue  # MLAS's depthwise kernel widens products to int32: it cannot saturate
         qa = act_qmax(x.input[0])
         if qa is None:
             continue
