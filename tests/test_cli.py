@@ -60,7 +60,9 @@ def test_run_writes_json_with_parity(files, tmp_path):
     (["load", "{model}", "--arch", "tinynet", "--mean", "a,b"], "comma-separated numbers"),
     (["quantize", "{model}", "--arch", "tinynet", "--bits", "9"], "2..8"),
     (["quantize", "{model}", "--arch", "tinynet", "--method", "nope"], "unknown method"),
-    (["quantize", "{model}", "--arch", "tinynet", "--budget", "huge"], "--budget"),
+    (["quantize", "{model}", "--arch", "tinynet", "--budget", "huge"], "'huge' is not one of 'cpu', 'paper'"),
+    (["quantize", "{model}", "--arch", "tinynet", "--target", "avx9"], "'avx9' is not one of 'portable'"),
+    (["quantize", "{model}", "--arch", "tinynet", "--device", "tpu"], "'tpu' is not one of 'auto', 'cpu', 'cuda'"),
     (["quantize", "{model}", "--arch", "tinynet", "--method", "minmax", "--set", "num_std"], "key=value"),
     (["quantize", "{model}", "--arch", "tinynet", "--method", "minmax", "--set", "bogus=1"], "unknown setting"),
     (["export", "{tmp}"], "not a quantize run directory"),
@@ -73,7 +75,7 @@ def test_user_errors_are_one_clear_line(files, tmp_path, args, message):
     r = invoke(*args, *([] if args[0] in ("verify",) else ["--out", tmp_path / "runs"]))
     assert r.exit_code == 2, r.output
     assert "Traceback" not in r.output
-    assert "error:" in r.output and message in r.output
+    assert "error:" in r.output.lower() and message in r.output  # ours ("error: …") or click's ("Error: …")
     assert not (tmp_path / "runs" / "q").exists() or not any((tmp_path / "runs" / "q").iterdir())
 
 
@@ -108,3 +110,24 @@ def test_unexpected_failure_is_one_line_not_a_traceback(files, tmp_path, monkeyp
     r = invoke("load", files[0], "--arch", "tinynet", "--out", tmp_path / "runs")
     assert r.exit_code == 1
     assert "internal error (RuntimeError: something deep broke)" in r.output and "Traceback" not in r.output
+
+
+def test_cli_choices_are_the_stages_own():
+    from toolchain import cli
+    from toolchain.methods.recipes import BUDGETS
+    from toolchain.pipeline import EXPORT_FORMATS
+    from toolchain.targets import TARGETS
+    assert tuple(c.value for c in cli.BudgetChoice) == BUDGETS
+    assert tuple(c.value for c in cli.FormatChoice) == EXPORT_FORMATS
+    assert [c.value for c in cli.TargetChoice] == list(TARGETS)
+
+
+def test_export_refuses_another_target(files, tmp_path):
+    model, _ = files
+    r = invoke("quantize", model, "--arch", "tinynet", "--method", "minmax", "--out", tmp_path / "runs")
+    assert r.exit_code == 0, r.output
+    qdir = r.output.strip().splitlines()[-1]
+    r = invoke("export", qdir, "--target", "x86-vnni", "--out", tmp_path / "runs")
+    assert r.exit_code == 2 and "quantized for --target portable, not x86-vnni" in r.output
+    assert "target portable" in invoke("quantize", model, "--arch", "tinynet", "--method", "minmax",
+                                       "--out", tmp_path / "runs").output

@@ -22,7 +22,8 @@ from .errors import ConfigError, ZqError
 from .targets import DEFAULT_TARGET, TARGETS
 
 app = typer.Typer(
-    add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+    # plain click-style help: flags show as `--trust-pickle`, not `--trust-pickle <bool>`
+    add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
     help="Zero-shot low-bit quantization of PyTorch CNNs to fully integer QDQ ONNX, verified on onnxruntime.\n\n"
          "Stages: load → quantize → export → verify (or `run` for all four). Artifacts are cached under --out "
          "by content, so a re-run only redoes what changed.")
@@ -102,11 +103,22 @@ TargetChoice = enum.Enum("TargetChoice", {n: n for n in TARGETS}, type=str)
 TargetOpt = typer.Option(
     DEFAULT_TARGET, "--target",
     help="Deployment target: " + "; ".join(f"{t.name} = {t.description}" for t in TARGETS.values()) + ".")
+#: fixed choices, listed by --help (the same tuples the stages validate; tests/test_cli.py checks they match)
+BudgetChoice = enum.Enum("BudgetChoice", {b: b for b in ("cpu", "paper")}, type=str)
+DeviceChoice = enum.Enum("DeviceChoice", {d: d for d in ("auto", "cpu", "cuda")}, type=str)
+FormatChoice = enum.Enum("FormatChoice", {f: f for f in ("qdq", "int4")}, type=str)
+
+
+def _v(choice):
+    """The plain string of a choice (an Enum member from typer, or a str from Python callers)."""
+    return getattr(choice, "value", choice)
+
+
 BudgetOpt = typer.Option("cpu", "--budget", help="Recipe budget: cpu (minutes on 2 cores) or paper (published schedule).")
 RecipeOpt = typer.Option(None, "--recipe", help="A TOML recipe file instead of recipes/<method>.toml.")
 SetOpt = typer.Option(None, "--set", help="Override a method setting: --set iterations=50 (repeatable).")
 SeedOpt = typer.Option(0, "--seed", help="Random seed (same seed → same quantized weights).")
-DeviceOpt = typer.Option("auto", "--device", help="auto, cpu or cuda.")
+DeviceOpt = typer.Option("auto", "--device", help="Where the method runs.")
 FormatOpt = typer.Option("qdq", "--format", help="qdq (8-bit containers, integer kernels) or int4 (opset-21 INT4/UINT4).")
 DataOpt = typer.Option(..., "--data", help="Labelled eval data: .npz (images uint8 NHWC, labels) or a folder with labels.csv.")
 ThreadsOpt = typer.Option(1, "--threads", help="onnxruntime intra-op threads for accuracy and latency.")
@@ -126,7 +138,7 @@ def _quant_options(method, bits, wbits, abits, first_last_bits, budget, recipe, 
     from .quant.scheme import QuantScheme
     if budget not in BUDGETS and recipe is None:
         raise ConfigError(f"--budget must be one of {', '.join(BUDGETS)}, got {budget!r}")
-    target = getattr(target, "value", target)
+    target, budget, device = _v(target), _v(budget), _v(device)
     return {"method": method, "scheme": QuantScheme.from_bits(bits, wbits, abits, first_last_bits, target),
             "budget": budget, "recipe": recipe, "overrides": parse_overrides(set_), "seed": seed,
             "device": device}
@@ -164,9 +176,9 @@ def load(model: Path = ModelArg, arch: Optional[str] = ArchOpt, input_shape: Opt
 @handle_errors
 def quantize(model: Path = ModelArg, method: str = MethodOpt, bits: int = BitsOpt, wbits: Optional[int] = WbitsOpt,
              abits: Optional[int] = AbitsOpt, first_last_bits: int = FLOpt, target: TargetChoice = TargetOpt,
-             budget: str = BudgetOpt,
+             budget: BudgetChoice = BudgetOpt,
              recipe: Optional[Path] = RecipeOpt, set_: Optional[List[str]] = SetOpt, seed: int = SeedOpt,
-             device: str = DeviceOpt, arch: Optional[str] = ArchOpt, input_shape: Optional[str] = ShapeOpt,
+             device: DeviceChoice = DeviceOpt, arch: Optional[str] = ArchOpt, input_shape: Optional[str] = ShapeOpt,
              mean: Optional[str] = MeanOpt, std: Optional[str] = StdOpt, num_classes: Optional[int] = ClassesOpt,
              trust_pickle: bool = PickleOpt, out: Path = OutOpt):
     """Stage 2: zero-shot quantization (runs stage 1 if needed). Prints the run directory."""
@@ -188,8 +200,8 @@ def quantize(model: Path = ModelArg, method: str = MethodOpt, bits: int = BitsOp
 @app.command()
 @handle_errors
 def synth(model: Path = ModelArg, method: str = typer.Option("gznq", "--method", "-m", help="A method with a synthetic set (gznq)."),
-          budget: str = BudgetOpt, recipe: Optional[Path] = RecipeOpt, set_: Optional[List[str]] = SetOpt,
-          seed: int = SeedOpt, device: str = DeviceOpt, arch: Optional[str] = ArchOpt,
+          budget: BudgetChoice = BudgetOpt, recipe: Optional[Path] = RecipeOpt, set_: Optional[List[str]] = SetOpt,
+          seed: int = SeedOpt, device: DeviceChoice = DeviceOpt, arch: Optional[str] = ArchOpt,
           input_shape: Optional[str] = ShapeOpt, mean: Optional[str] = MeanOpt, std: Optional[str] = StdOpt,
           num_classes: Optional[int] = ClassesOpt, trust_pickle: bool = PickleOpt, out: Path = OutOpt,
           png: Optional[Path] = typer.Option(None, "--png", help="Write a PNG grid of the synthetic images (a row per class)."),
@@ -205,8 +217,8 @@ def synth(model: Path = ModelArg, method: str = typer.Option("gznq", "--method",
     store = Store(out)
     with _progress() as progress:
         fp = load_stage(model, store=store, **_load_options(arch, input_shape, mean, std, num_classes, trust_pickle))
-        art = synth_stage(fp, method=method, budget=budget, recipe=recipe, overrides=parse_overrides(set_),
-                          seed=seed, device=device, store=store, progress=progress)
+        art = synth_stage(fp, method=method, budget=_v(budget), recipe=recipe, overrides=parse_overrides(set_),
+                          seed=seed, device=_v(device), store=store, progress=progress)
     console.print(f"{len(art.images)} synthetic images ({method}, {budget} budget) in {art.dir}")
     if png is not None:
         if art.labels is None:
@@ -221,7 +233,7 @@ def synth(model: Path = ModelArg, method: str = typer.Option("gznq", "--method",
 @app.command()
 @handle_errors
 def export(run_dir: Path = typer.Argument(..., help="A quantize run directory (printed by `zqtool quantize`)."),
-           fmt: str = FormatOpt, out: Path = OutOpt,
+           fmt: FormatChoice = FormatOpt, out: Path = OutOpt,
            target: Optional[TargetChoice] = typer.Option(
                None, "--target",
                help="Check that the run was quantized for this target (the target is part of the quantization "
@@ -235,6 +247,7 @@ def export(run_dir: Path = typer.Argument(..., help="A quantize run directory (p
         raise ConfigError(f"{run_dir} was quantized for --target {q.scheme.target}, not {target}",
                           f"re-run `zqtool quantize … --target {target}`: the target sets the integer ranges "
                           "the method calibrates and trains")
+    fmt = _v(fmt)
     art = export_stage(q, fmt=fmt, store=Store(out))
     if fmt == "int4":
         console.print("[yellow]note:[/] INT4/UINT4 Q/DQ runs in float on onnxruntime's CPU EP "
@@ -266,8 +279,8 @@ def verify(onnx_model: Path = typer.Argument(..., help="The QDQ ONNX model (mode
 def run(model: Path = ModelArg, data: Path = DataOpt, method: str = MethodOpt, bits: int = BitsOpt,
         wbits: Optional[int] = WbitsOpt, abits: Optional[int] = AbitsOpt, first_last_bits: int = FLOpt,
         target: TargetChoice = TargetOpt,
-        budget: str = BudgetOpt, recipe: Optional[Path] = RecipeOpt, set_: Optional[List[str]] = SetOpt,
-        seed: int = SeedOpt, device: str = DeviceOpt, fmt: str = FormatOpt, threads: int = ThreadsOpt,
+        budget: BudgetChoice = BudgetOpt, recipe: Optional[Path] = RecipeOpt, set_: Optional[List[str]] = SetOpt,
+        seed: int = SeedOpt, device: DeviceChoice = DeviceOpt, fmt: FormatChoice = FormatOpt, threads: int = ThreadsOpt,
         json_path: Optional[Path] = JsonOpt, limit: Optional[int] = LimitOpt, latency_runs: int = RunsOpt,
         parity_images: int = typer.Option(256, "--parity-images", help="Images for the torch-vs-ORT parity check (0: skip)."),
         arch: Optional[str] = ArchOpt, input_shape: Optional[str] = ShapeOpt, mean: Optional[str] = MeanOpt,
@@ -291,7 +304,7 @@ def _run(run_fn, model, data, store, method, bits, wbits, abits, fl, budget, rec
         console.print(f"[green]✓[/] {name:<8} {seconds:7.1f} s  {where or ''}", highlight=False)
 
     with _progress() as progress:
-        report = run_fn(model, data, load_options=load_options, fmt=fmt, threads=threads, limit=limit,
+        report = run_fn(model, data, load_options=load_options, fmt=_v(fmt), threads=threads, limit=limit,
                         latency_runs=latency_runs, parity_images=parity_images, store=store, progress=progress,
                         on_stage=on_stage,
                         **_quant_options(method, bits, wbits, abits, fl, budget, recipe, set_, seed, device,
@@ -324,10 +337,10 @@ def _parity_line(p: dict) -> str:
 def compare(model: Path = ModelArg, data: Path = DataOpt,
             methods: str = typer.Option("minmax,bnstat", "--methods", help="Comma-separated methods (see `zqtool list methods`)."),
             bits: str = typer.Option("8,6,4,3", "--bits", help="Comma-separated bit widths, weights = activations (2..8)."),
-            first_last_bits: int = FLOpt, target: TargetChoice = TargetOpt, budget: str = BudgetOpt,
+            first_last_bits: int = FLOpt, target: TargetChoice = TargetOpt, budget: BudgetChoice = BudgetOpt,
             set_: Optional[List[str]] = typer.Option(None, "--set", help="Method setting: METHOD.key=value for one method, "
                                                      "key=value for every listed method that has it (repeatable)."),
-            seed: int = SeedOpt, device: str = DeviceOpt, fmt: str = FormatOpt,
+            seed: int = SeedOpt, device: DeviceChoice = DeviceOpt, fmt: FormatChoice = FormatOpt,
             threads: str = typer.Option("1", "--threads", help="onnxruntime intra-op threads, comma-separated (e.g. 1,2): "
                                         "every pair is verified at each."),
             latency_runs: int = RunsOpt, limit: Optional[int] = LimitOpt,
@@ -374,8 +387,8 @@ def compare(model: Path = ModelArg, data: Path = DataOpt,
     with _progress() as progress:
         result = compare_fn(model, data, methods=method_list, bits=bits, out_dir=out,
                             load_options=_load_options(arch, input_shape, mean, std, num_classes, trust_pickle),
-                            first_last_bits=first_last_bits, target=target.value, budget=budget, overrides=overrides, seed=seed,
-                            device=device, fmt=fmt, threads=threads, limit=limit, latency_runs=latency_runs,
+                            first_last_bits=first_last_bits, target=_v(target), budget=_v(budget), overrides=overrides,
+                            seed=seed, device=_v(device), fmt=_v(fmt), threads=threads, limit=limit, latency_runs=latency_runs,
                             parity_images=parity_images, store=Store(store), plot=not no_plot,
                             command=shlex.join(["zqtool", *sys.argv[1:]]) if sys.argv[1:2] == ["compare"] else None,
                             progress=progress, on_stage=on_stage, on_pair_start=on_pair_start, on_pair=on_pair)
