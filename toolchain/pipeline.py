@@ -183,6 +183,11 @@ def _frozen_teacher(fp: FPArtifact, cls, method: str, seed: int, device: str):
     return dev, program, teacher
 
 
+#: bumped when the same method, config, scheme and seed build a different quantized model (invalidates
+#: cached quantize runs); 2: the scheme's target narrows int16-pair-unsafe layers, depthwise convs exempt
+REWRITE_VERSION = 2
+
+
 def quantize_stage(fp: FPArtifact, *, method: str = "bnstat", scheme: QuantScheme | None = None,
                    budget: str = "cpu", recipe: str | Path | None = None, overrides: dict | None = None,
                    seed: int = 0, device: str = "auto", store: Store | None = None,
@@ -198,7 +203,7 @@ def quantize_stage(fp: FPArtifact, *, method: str = "bnstat", scheme: QuantSchem
     cls, cfg = method_config(method, budget, recipe, overrides)
     cfg_dict = dataclasses.asdict(cfg)
     key = content_key({"stage": Q_STAGE, "fp": fp.key, "method": method, "config": cfg_dict,
-                       "scheme": scheme.to_dict(), "seed": seed})
+                       "scheme": scheme.to_dict(), "seed": seed, "rewrite": REWRITE_VERSION})
     if store.done(Q_STAGE, key):
         return QArtifact.open(store.path(Q_STAGE, key))
 

@@ -45,7 +45,7 @@ class QuantScheme:
             if not isinstance(v, int) or not MIN_BITS <= v <= MAX_BITS:
                 raise ConfigError(
                     f"--{name.replace('_', '-')} must be an integer in {MIN_BITS}..{MAX_BITS}, got {v!r}",
-                    "8-bit containers hold every width up to 8; use --bits 8, 6, 4 or 3",
+                    f"8-bit containers hold every width from {MIN_BITS} to {MAX_BITS}; e.g. --bits 8, 6, 4, 3 or 2",
                 )
         get_target(self.target)
 
@@ -62,7 +62,16 @@ class QuantScheme:
     def from_bits(cls, bits: int | None = None, wbits: int | None = None,
                   abits: int | None = None, first_last_bits: int | None = 8,
                   target: str | None = None) -> "QuantScheme":
-        """Resolve the CLI's ``--bits/--wbits/--abits/--first-last-bits/--target``: specific flags win."""
+        """Resolve the CLI's ``--bits/--wbits/--abits/--first-last-bits/--target``: specific flags win.
+
+        Raises:
+            ConfigError: naming the flag the user gave (``--bits`` before the widths it sets).
+        """
+        for flag, v in (("bits", bits), ("wbits", wbits), ("abits", abits), ("first_last_bits", first_last_bits)):
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or not MIN_BITS <= v <= MAX_BITS):
+                raise ConfigError(f"--{flag.replace('_', '-')} must be an integer in {MIN_BITS}..{MAX_BITS}, got {v!r}",
+                                  f"8-bit containers hold every width from {MIN_BITS} to {MAX_BITS}; "
+                                  "e.g. --bits 8, 6, 4, 3 or 2")
         b = 8 if bits is None else bits
         w = b if wbits is None else wbits
         a = b if abits is None else abits
