@@ -88,3 +88,26 @@ def test_requantize_rounds_half_to_even_and_saturates():
     got = K.requantize(acc, torch.full((5,), 0.5), 0, 255).reshape(-1).tolist()
     assert got == [0.0, 2.0, 2.0, 0.0, 255.0]  # 0.5→0, 1.5→2, 2.5→2, clamp below, clamp above
     assert K.requantize(acc, torch.full((5,), 0.5), 10, 15).reshape(-1).tolist() == [10.0, 12.0, 12.0, 0.0, 15.0]
+
+
+def test_qlinear_add_matches_onnxruntime_over_many_scales():
+    """Many (scale, zero point) sets: catches a float step done in another order (e.g. the offset's FMA)."""
+    names = ["a", "sa", "za", "b", "sb", "zb", "sy", "zy"]
+    types = [TensorProto.UINT8, TensorProto.FLOAT, TensorProto.UINT8] * 2 + [TensorProto.FLOAT, TensorProto.UINT8]
+    graph = helper.make_graph([helper.make_node("QLinearAdd", names, ["y"], domain="com.microsoft")], "add",
+                              [helper.make_tensor_value_info(n, t, [4096] if n in "ab" else []) for n, t in zip(names, types)],
+                              [helper.make_tensor_value_info("y", TensorProto.UINT8, [4096])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13), helper.make_opsetid("com.microsoft", 1)])
+    model.ir_version = 8
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(7)
+    worst = 0
+    for sa, za, sb, zb, sy, zy in _scales(rng, 300):
+        a, b = (rng.integers(0, 256, 4096).astype(np.uint8) for _ in range(2))
+        feed = {"a": a, "sa": np.array(sa), "za": np.array(za, np.uint8), "b": b, "sb": np.array(sb),
+                "zb": np.array(zb, np.uint8), "sy": np.array(sy), "zy": np.array(zy, np.uint8)}
+        ref = sess.run(None, feed)[0].astype(np.float64)
+        got = K.qlinear_add(torch.from_numpy(a).double(), torch.tensor(sa), za, torch.from_numpy(b).double(),
+                            torch.tensor(sb), zb, torch.tensor(sy), zy, 255).numpy()
+        worst = max(worst, float(np.abs(got - ref).max()))
+    assert worst <= MAX_CODE_DIFF
