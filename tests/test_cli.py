@@ -132,3 +132,16 @@ def test_export_refuses_another_target(files, tmp_path):
     assert r.exit_code == 2 and "quantized for --target portable, not x86-vnni" in r.output
     assert "target portable" in invoke("quantize", model, "--arch", "tinynet", "--method", "minmax",
                                        "--out", tmp_path / "runs").output
+
+
+def test_a_cached_rerun_says_so(files, tmp_path):
+    model, data = files
+    args = ("run", model, "--arch", "tinynet", "--data", data, "--method", "minmax", "--latency-runs", "2",
+            "--parity-images", "4", "--out", tmp_path / "runs")
+    first = invoke(*args)
+    assert first.exit_code == 0 and "(cached)" not in first.output.split("✓ quantize")[1].splitlines()[0]
+    assert "quantize wall time" in first.output
+    again = invoke(*args)
+    assert again.exit_code == 0
+    assert "(cached)" in again.output.split("✓ quantize")[1].splitlines()[0]
+    assert "cached: built earlier in" in again.output and "quantize wall time" not in again.output

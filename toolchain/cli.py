@@ -299,9 +299,10 @@ def _run(run_fn, model, data, store, method, bits, wbits, abits, fl, budget, rec
          threads, limit, latency_runs, parity_images, load_options, target=DEFAULT_TARGET) -> dict:
     from .verify import render_report
 
-    def on_stage(name, result, _cached, seconds):
+    def on_stage(name, result, cached, seconds):
         where = getattr(result, "dir", None)
-        console.print(f"[green]✓[/] {name:<8} {seconds:7.1f} s  {where or ''}", highlight=False)
+        console.print(f"[green]✓[/] {name:<8} {seconds:7.1f} s  {'(cached) ' if cached else ''}{where or ''}",
+                      highlight=False)
 
     with _progress() as progress:
         report = run_fn(model, data, load_options=load_options, fmt=_v(fmt), threads=threads, limit=limit,
@@ -313,7 +314,8 @@ def _run(run_fn, model, data, store, method, bits, wbits, abits, fl, budget, rec
     q = report["quantize"]
     extra = f" (+{q['method_s'] - q['wall_s']:.1f} s to build reused cached artifacts)" if q.get("reused") else ""
     rec = q.get("recipe") or {}
-    console.print(f"method {q['method']} ({q['budget']} budget, recipe {rec.get('file', '?')}), quantize wall time "
+    when = "cached: built earlier in" if q.get("cached") else "quantize wall time"
+    console.print(f"method {q['method']} ({q['budget']} budget, recipe {rec.get('file', '?')}), {when} "
                   f"{q['wall_s']:.1f} s{extra} on {q['device']}", highlight=False, soft_wrap=True)
     p = report.get("parity")
     if p:
@@ -368,9 +370,10 @@ def compare(model: Path = ModelArg, data: Path = DataOpt,
     out = out or store / "compare" / Path(model).stem
     done = {"n": 0}
 
-    def on_stage(name, result, _cached, seconds):
+    def on_stage(name, result, cached, seconds):
         where = getattr(result, "dir", None)
-        console.print(f"  [green]✓[/] {name:<8} {seconds:7.1f} s  {where or ''}", highlight=False)
+        console.print(f"  [green]✓[/] {name:<8} {seconds:7.1f} s  {'(cached) ' if cached else ''}{where or ''}",
+                      highlight=False)
 
     def on_pair_start(i, n, method, b):
         console.rule(f"[{i + 1}/{n}] {method} W{b}A{b} (first/last {first_last_bits}-bit)")

@@ -392,17 +392,25 @@ def run(model: str | Path, data: str | Path, *, load_options: dict | None = None
         progress=null_progress, on_stage=None) -> dict:
     """Chain load → quantize → export → verify (+ parity); every stage is cached.
 
-    ``on_stage(name, path, cached: bool)`` is called after each stage (for the CLI's log lines).
+    ``on_stage(name, artifact, cached: bool, seconds)`` is called after each stage (for the CLI's log
+    lines); ``cached`` is True when the stage's artifact was read from the store.
     Returns the verify report extended with ``quantize``, ``parity`` and ``artifacts`` sections.
     """
     store = store or Store()
     note = on_stage or (lambda *a: None)
 
-    def timed(name, done_before, fn):
-        t0 = time.perf_counter()
+    def timed(name, _unused, fn):
+        t0, wall0 = time.perf_counter(), time.time()
         out = fn()
-        note(name, out, done_before, time.perf_counter() - t0)
+        d = getattr(out, "dir", None)
+        # an artifact whose config.json predates this call was read from the store, not built
+        cached = bool(d is not None and (Path(d) / "config.json").is_file()
+                      and (Path(d) / "config.json").stat().st_mtime < wall0)
+        note(name, out, cached, time.perf_counter() - t0)
+        cached_stages[name] = cached
         return out
+
+    cached_stages: dict[str, bool] = {}
 
     fp = timed("load", None, lambda: load_stage(model, store=store, progress=progress, **(load_options or {})))
     q = timed("quantize", None, lambda: quantize_stage(fp, method=method, scheme=scheme, budget=budget,
@@ -417,6 +425,7 @@ def run(model: str | Path, data: str | Path, *, load_options: dict | None = None
     qlog = read_json(q.dir / "quant.json")
     return {**report,
             "quantize": {"method": method, "budget": budget, "recipe": qlog.get("recipe"),
+                         "cached": cached_stages.get("quantize", False),
                          "scheme": q.scheme.to_dict(), "seed": seed,
                          "wall_s": qlog.get("wall_s"), "method_s": qlog.get("method_s"),
                          "reused": qlog.get("reused", {}), "device": qlog.get("device")},
