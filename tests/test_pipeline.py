@@ -141,3 +141,19 @@ def test_fp32_reference_is_the_fp_model_even_after_fine_tuning(files, tmp_path, 
     sess = ort.InferenceSession(str(onnx.fp32_path), providers=["CPUExecutionProvider"])
     got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
     assert np.allclose(got, expected.numpy(), atol=1e-4)
+
+
+def test_same_seed_same_model_whether_the_synthetic_set_was_built_or_reused(files, tmp_path):
+    """Building the cached synthetic set must not move the random stream the method continues with."""
+    model, _ = files
+    fresh, warm = Store(tmp_path / "fresh"), Store(tmp_path / "warm")
+    fp_warm = load_stage(model, arch="tinynet", store=warm)
+    quantize_stage(fp_warm, method="bnstat", scheme=QuantScheme.from_bits(8), overrides=FAST_BNSTAT, store=warm)
+    reused = quantize_stage(fp_warm, method="bnstat", scheme=QuantScheme.from_bits(4), overrides=FAST_BNSTAT,
+                            store=warm)
+    assert json.loads((reused.dir / "quant.json").read_text())["reused"]  # the set came from the store
+    built = quantize_stage(load_stage(model, arch="tinynet", store=fresh), method="bnstat",
+                           scheme=QuantScheme.from_bits(4), overrides=FAST_BNSTAT, store=fresh)
+    assert not json.loads((built.dir / "quant.json").read_text())["reused"]
+    a, b = reused.model().state_dict(), built.model().state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 import warnings
@@ -184,8 +185,9 @@ def _frozen_teacher(fp: FPArtifact, cls, method: str, seed: int, device: str):
 
 
 #: bumped when the same method, config, scheme and seed build a different quantized model (invalidates
-#: cached quantize runs); 2: the scheme's target narrows int16-pair-unsafe layers, depthwise convs exempt
-REWRITE_VERSION = 2
+#: cached quantize runs); 2: the scheme's target narrows int16-pair-unsafe layers, depthwise convs exempt;
+#: 3: building a cached synthetic set no longer moves the random stream the method continues with
+REWRITE_VERSION = 3
 
 
 def quantize_stage(fp: FPArtifact, *, method: str = "bnstat", scheme: QuantScheme | None = None,
@@ -238,6 +240,26 @@ def quantize_stage(fp: FPArtifact, *, method: str = "bnstat", scheme: QuantSchem
     return QArtifact.open(store.path(Q_STAGE, key))
 
 
+@contextlib.contextmanager
+def preserved_rng():
+    """Run a block without moving the random streams the caller sees (torch CPU/CUDA, numpy, random).
+
+    A cached artifact that is rebuilt consumes random numbers that a reused one does not; without
+    this, the same seed would give a different quantized model depending on what the store held.
+    """
+    import random
+
+    import numpy as np
+    import torch
+    py, npy = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []):
+        try:
+            yield
+        finally:
+            random.setstate(py)
+            np.random.set_state(npy)
+
+
 def _synth_cache(store: Store, fp: FPArtifact, seed: int, reused: dict, built: dict | None = None):
     """``MethodContext.cached``: artifacts under ``synth/<key>/images.pt`` keyed on the FP model,
     the kind, the settings and the seed. ``reused[kind/key]`` gets the build seconds of each reused
@@ -253,7 +275,8 @@ def _synth_cache(store: Store, fp: FPArtifact, seed: int, reused: dict, built: d
             reused[f"{kind}/{skey}"] = read_json(d / "config.json").get("build_s", 0.0)
             return torch.load(d / "images.pt", weights_only=True)
         t0 = time.perf_counter()
-        images = build()
+        with preserved_rng():  # the caller's random stream is the same whether the set was built or reused
+            images = build()
         with store.build(SYNTH_STAGE, skey, {"fp": fp.key, "kind": kind, "config": k, "seed": seed,
                                              "build_s": time.perf_counter() - t0}) as tmp:
             torch.save(images, tmp / "images.pt")
