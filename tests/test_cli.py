@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -145,3 +146,31 @@ def test_a_cached_rerun_says_so(files, tmp_path):
     assert again.exit_code == 0
     assert "(cached)" in again.output.split("✓ quantize")[1].splitlines()[0]
     assert "cached: built earlier in" in again.output and "quantize wall time" not in again.output
+
+
+def test_export_defaults_to_the_runs_own_store(files, tmp_path, monkeypatch):
+    model, _ = files
+    store = tmp_path / "elsewhere"
+    r = invoke("quantize", model, "--arch", "tinynet", "--method", "minmax", "--out", store)
+    qdir = r.output.strip().splitlines()[-1]
+    monkeypatch.chdir(tmp_path)
+    r = invoke("export", qdir)
+    assert r.exit_code == 0, r.output
+    onnx_path = Path(r.output.strip().splitlines()[-1])
+    assert onnx_path.is_file() and store.resolve() in onnx_path.resolve().parents
+    assert not (tmp_path / "runs").exists()
+
+
+def test_help_has_an_example_and_flags_take_no_value():
+    for cmd in ("load", "quantize", "export", "verify", "run", "compare", "demo"):
+        out = invoke(cmd, "--help").output
+        assert "Example: zqtool " + cmd in out, cmd
+    out = invoke("run", "--help").output
+    assert "--trust-pickle " in out and "--trust-pickle <bool>" not in out
+    assert "<portable|x86-vnni|arm64>" in out and "<cpu|paper>" in out and "<auto|cpu|cuda>" in out
+
+
+def test_list_shows_whole_method_descriptions_and_piped_tables_do_not_wrap():
+    out = invoke("list", "methods").output
+    lrq = next(line for line in out.splitlines() if line.strip().startswith("lrq"))
+    assert "2023" in lrq and lrq.rstrip().endswith("empty).")  # the whole first paragraph, on one line

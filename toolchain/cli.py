@@ -29,8 +29,18 @@ app = typer.Typer(
          "by content, so a re-run only redoes what changed.")
 # torch.export's pytree specs warn on deepcopy (torch 2.13); nothing a user can act on
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*", category=FutureWarning)
-console = Console(stderr=True)
-out_console = Console()
+#: when output goes to a file or a pipe, rich would wrap tables at 80 columns: use a width that fits them
+PIPED_WIDTH = 200
+
+
+def _console(stderr: bool) -> Console:
+    stream = sys.stderr if stderr else sys.stdout
+    piped = not (hasattr(stream, "isatty") and stream.isatty()) and "COLUMNS" not in os.environ
+    return Console(stderr=stderr, width=PIPED_WIDTH if piped else None)
+
+
+console = _console(stderr=True)
+out_console = _console(stderr=False)
 
 
 def handle_errors(fn):
@@ -157,7 +167,7 @@ def _write_json(path: Path | None, obj) -> None:
 
 
 # ----------------------------------------------------------------------------- commands
-@app.command()
+@app.command(epilog="Example: zqtool load ../shared/models/resnet20-12fca82f.th --arch resnet20")
 @handle_errors
 def load(model: Path = ModelArg, arch: Optional[str] = ArchOpt, input_shape: Optional[str] = ShapeOpt,
          mean: Optional[str] = MeanOpt, std: Optional[str] = StdOpt, num_classes: Optional[int] = ClassesOpt,
@@ -172,7 +182,7 @@ def load(model: Path = ModelArg, arch: Optional[str] = ArchOpt, input_shape: Opt
     typer.echo(str(fp.dir))
 
 
-@app.command()
+@app.command(epilog="Example: zqtool quantize ../shared/models/resnet20-12fca82f.th --arch resnet20 --method gznq --bits 4")
 @handle_errors
 def quantize(model: Path = ModelArg, method: str = MethodOpt, bits: int = BitsOpt, wbits: Optional[int] = WbitsOpt,
              abits: Optional[int] = AbitsOpt, first_last_bits: int = FLOpt, target: TargetChoice = TargetOpt,
@@ -197,7 +207,7 @@ def quantize(model: Path = ModelArg, method: str = MethodOpt, bits: int = BitsOp
     typer.echo(str(q.dir))
 
 
-@app.command()
+@app.command(epilog="Example: zqtool synth ../shared/models/resnet20-12fca82f.th --arch resnet20 --png grid.png")
 @handle_errors
 def synth(model: Path = ModelArg, method: str = typer.Option("gznq", "--method", "-m", help="A method with a synthetic set (gznq)."),
           budget: BudgetChoice = BudgetOpt, recipe: Optional[Path] = RecipeOpt, set_: Optional[List[str]] = SetOpt,
@@ -230,10 +240,12 @@ def synth(model: Path = ModelArg, method: str = typer.Option("gznq", "--method",
     typer.echo(str(art.dir))
 
 
-@app.command()
+@app.command(epilog="Example: zqtool export runs/q/<key>")
 @handle_errors
 def export(run_dir: Path = typer.Argument(..., help="A quantize run directory (printed by `zqtool quantize`)."),
-           fmt: FormatChoice = FormatOpt, out: Path = OutOpt,
+           fmt: FormatChoice = FormatOpt,
+           out: Optional[Path] = typer.Option(None, "--out", help="Root directory of the cached artifacts "
+                                              "(default: the store the run belongs to, RUN/../..)."),
            target: Optional[TargetChoice] = typer.Option(
                None, "--target",
                help="Check that the run was quantized for this target (the target is part of the quantization "
@@ -248,7 +260,8 @@ def export(run_dir: Path = typer.Argument(..., help="A quantize run directory (p
                           f"re-run `zqtool quantize … --target {target}`: the target sets the integer ranges "
                           "the method calibrates and trains")
     fmt = _v(fmt)
-    art = export_stage(q, fmt=fmt, store=Store(out))
+    # a run lives at <store>/q/<key>: its exports go beside it unless --out says otherwise
+    art = export_stage(q, fmt=fmt, store=Store(out if out is not None else Path(run_dir).resolve().parent.parent))
     if fmt == "int4":
         console.print("[yellow]note:[/] INT4/UINT4 Q/DQ runs in float on onnxruntime's CPU EP "
                       "(smaller file, slower than FP32); use --format qdq for integer kernels")
@@ -256,7 +269,7 @@ def export(run_dir: Path = typer.Argument(..., help="A quantize run directory (p
     typer.echo(str(art.qdq_path))
 
 
-@app.command()
+@app.command(epilog="Example: zqtool verify runs/onnx/<key>/model.qdq.onnx --data test.npz --threads 4 --json report.json")
 @handle_errors
 def verify(onnx_model: Path = typer.Argument(..., help="The QDQ ONNX model (model.qdq.onnx)."),
            data: Path = DataOpt,
@@ -274,7 +287,7 @@ def verify(onnx_model: Path = typer.Argument(..., help="The QDQ ONNX model (mode
     _write_json(json_path, report)
 
 
-@app.command()
+@app.command(epilog="Example: zqtool run model.pt2 --input-shape 3,224,224 --num-classes 1000 --data val/ --method bnstat --bits 8")
 @handle_errors
 def run(model: Path = ModelArg, data: Path = DataOpt, method: str = MethodOpt, bits: int = BitsOpt,
         wbits: Optional[int] = WbitsOpt, abits: Optional[int] = AbitsOpt, first_last_bits: int = FLOpt,
@@ -334,7 +347,7 @@ def _parity_line(p: dict) -> str:
     return "; ".join(parts) or json.dumps(p)
 
 
-@app.command()
+@app.command(epilog="Example: zqtool compare model.pt --arch resnet20 --data test.npz --methods minmax,bnstat --bits 8,4")
 @handle_errors
 def compare(model: Path = ModelArg, data: Path = DataOpt,
             methods: str = typer.Option("minmax,bnstat", "--methods", help="Comma-separated methods (see `zqtool list methods`)."),
@@ -409,7 +422,7 @@ def compare(model: Path = ModelArg, data: Path = DataOpt,
         raise typer.Exit(1)
 
 
-@app.command("list")
+@app.command("list", epilog="Example: zqtool list methods")
 @handle_errors
 def list_(what: str = typer.Argument("all", help="archs, methods or all")):
     """List the zoo architectures and the registered methods."""
@@ -424,12 +437,12 @@ def list_(what: str = typer.Argument("all", help="archs, methods or all")):
         out_console.print("[bold]methods[/] (--method NAME; recipes/<name>.toml):")
         for name in list_methods():
             doc = (sys.modules[get_method(name).__module__].__doc__ or "").strip()
-            first = doc.splitlines()[0] if doc else ""
+            first = " ".join(doc.split("\n\n")[0].split()) if doc else ""  # the whole first paragraph
             first = re.sub(r"^``\w+``:\s*", "", first).replace("``", "")
             out_console.print(f"  {name:<8} {first}", highlight=False)
 
 
-@app.command()
+@app.command(epilog="Example: zqtool demo --bits 8")
 @handle_errors
 def demo(out: Path = typer.Option(Path("runs/demo"), "--out", help="Where the demo writes everything."),
          bits: List[int] = typer.Option([8, 4], "--bits", help="Bit widths to run (repeatable)."),
