@@ -439,3 +439,13 @@ def test_device_runner_with_only_the_needed_files(tmp_path, models, data):
     proc = run(models["qdq"], "--data", tmp_path / "missing.npz")
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: eval data not found") and proc.stderr.count("\n") == 1
+
+
+def test_zero_threads_means_onnxruntime_default_everywhere():
+    from toolchain.compare import parse_threads
+    from toolchain.verify.report import threads_text
+    assert parse_threads("0,1") == [0, 1]
+    assert threads_text(0) == "onnxruntime's default threads (all cores)"
+    assert threads_text(1) == "1 thread" and threads_text(4) == "4 threads"
+    with pytest.raises(ConfigError):
+        parse_threads("-1")

@@ -131,7 +131,8 @@ SeedOpt = typer.Option(0, "--seed", help="Random seed (same seed → same quanti
 DeviceOpt = typer.Option("auto", "--device", help="Where the method runs.")
 FormatOpt = typer.Option("qdq", "--format", help="qdq (8-bit containers, integer kernels) or int4 (opset-21 INT4/UINT4).")
 DataOpt = typer.Option(..., "--data", help="Labelled eval data: .npz (images uint8 NHWC, labels) or a folder with labels.csv.")
-ThreadsOpt = typer.Option(1, "--threads", help="onnxruntime intra-op threads for accuracy and latency.")
+ThreadsOpt = typer.Option(1, "--threads", min=0, help="onnxruntime intra-op threads for accuracy and latency "
+                                                       "(0 = onnxruntime's default: all cores).")
 JsonOpt = typer.Option(None, "--json", help="Write the report as JSON here.")
 LimitOpt = typer.Option(None, "--limit", help="Evaluate only the first N images.")
 RunsOpt = typer.Option(50, "--latency-runs", help="Timed batch-1 runs per model.")
@@ -356,7 +357,8 @@ def compare(model: Path = ModelArg, data: Path = DataOpt,
             set_: Optional[List[str]] = typer.Option(None, "--set", help="Method setting: METHOD.key=value for one method, "
                                                      "key=value for every listed method that has it (repeatable)."),
             seed: int = SeedOpt, device: DeviceChoice = DeviceOpt, fmt: FormatChoice = FormatOpt,
-            threads: str = typer.Option("1", "--threads", help="onnxruntime intra-op threads, comma-separated (e.g. 1,2): "
+            threads: str = typer.Option("1", "--threads", help="onnxruntime intra-op threads, comma-separated (e.g. 1,2; "
+                                        "0 = onnxruntime's default: all cores): "
                                         "every pair is verified at each."),
             latency_runs: int = RunsOpt, limit: Optional[int] = LimitOpt,
             parity_images: int = typer.Option(256, "--parity-images", help="Images for the torch-vs-ORT parity check (0: skip)."),

@@ -96,8 +96,9 @@ def parse_bits(text: str | Sequence) -> list[int]:
 
 
 def parse_threads(text: str | Sequence) -> list[int]:
-    """``"1,2"`` → ``[1, 2]``: onnxruntime intra-op thread counts to verify at. Raises ConfigError."""
-    return _ints(text, "threads", 1, None)
+    """``"1,2"`` → ``[1, 2]``: onnxruntime intra-op thread counts to verify at (0 = onnxruntime's
+    default, all cores, as for ``verify``). Raises ConfigError."""
+    return _ints(text, "threads", 0, None)
 
 
 def split_overrides(items: Iterable[str] | None, methods: Sequence[str]) -> dict[str, dict]:

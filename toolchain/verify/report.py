@@ -23,6 +23,13 @@ def format_bytes(n: int | None) -> str:
     return f"{n} B"
 
 
+def threads_text(threads) -> str:
+    """"1 thread", "4 threads", or "onnxruntime's default threads (all cores)" for 0."""
+    if threads == 0:
+        return "onnxruntime's default threads (all cores)"
+    return f"{threads} thread" + ("" if threads == 1 else "s")
+
+
 def report_rows(report: dict) -> list[tuple[str, ...]]:
     """The table body: one row for FP32, one for the quantized model (strings)."""
     lat = report.get("latency_ms") or {}
@@ -48,7 +55,7 @@ def report_footer(report: dict) -> list[str]:
     ops = report.get("integer_ops") or {}
     lines = [
         f"{report.get('n_images', '?')} images; quantized top-1 ± {report.get('top1_stderr', float('nan')):.2f} "
-        f"points (1 s.e.); latency at batch 1, {lat.get('threads', '?')} thread(s), "
+        f"points (1 s.e.); latency at batch 1, {threads_text(lat.get('threads', '?'))}, "
         f"{lat.get('runs', '?')} runs after {lat.get('warmup', '?')} warm-up",
         f"onnxruntime {report.get('ort_version', '?')} ({', '.join(report.get('providers') or [])}); "
         f"integer ops read from the {ops.get('inspected_level', '?')} graph",
