@@ -57,6 +57,7 @@ def test_run_writes_json_with_parity(files, tmp_path):
     (["load", "{tmp}/missing.pt"], "does not exist"),
     (["load", "{model}"], "--arch"),
     (["load", "{model}", "--arch", "resnet20"], "missing"),
+    (["load", "{model}", "--arch", "resnet20"], "92 missing [layer1.0.conv1.weight"),  # the keys themselves, not only counts
     (["load", "{model}", "--arch", "tinynet", "--input-shape", "1,8"], "C,H,W"),
     (["load", "{model}", "--arch", "tinynet", "--mean", "a,b"], "comma-separated numbers"),
     (["quantize", "{model}", "--arch", "tinynet", "--bits", "9"], "--bits must be an integer in 2..8, got 9"),

@@ -17,6 +17,7 @@ import enum
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from .errors import ConfigError, ZqError
 from .targets import DEFAULT_TARGET, TARGETS
@@ -50,9 +51,10 @@ def handle_errors(fn):
         try:
             return fn(*args, **kwargs)
         except ZqError as e:
-            console.print(f"[bold red]error:[/] {e.message}", highlight=False, soft_wrap=True)
+            # escape: messages carry [key listings] that rich would take for markup and drop
+            console.print(f"[bold red]error:[/] {escape(e.message)}", highlight=False, soft_wrap=True)
             if e.hint:
-                console.print(f"  [dim]hint:[/] {e.hint}", highlight=False, soft_wrap=True)
+                console.print(f"  [dim]hint:[/] {escape(e.hint)}", highlight=False, soft_wrap=True)
             raise typer.Exit(e.exit_code)
         except KeyboardInterrupt:
             console.print("[yellow]interrupted[/] — no partial artifact was kept; re-run to continue")
