@@ -79,11 +79,14 @@ def test_preprocess_grayscale_nhw():
     np.testing.assert_allclose(x[:, 0], imgs / 255.0, rtol=1e-6)
 
 
-def test_preprocess_center_crops_larger_images():
-    img = images(1, h=10, w=13)
-    x = preprocess(img, meta())
-    # torchvision CenterCrop: top = round((10-8)/2) = 1, left = round((13-8)/2) = round(2.5) = 2
-    np.testing.assert_allclose(x[0], img[0, 1:9, 2:10].transpose(2, 0, 1) / 255.0, rtol=1e-6)
+def test_preprocess_refuses_larger_images_without_a_resize_step():
+    """A 10x13 image into an 8x8 model with no resize in the card is an error naming both sizes,
+    not a silent centre crop (with a resize step the crop is the protocol: see the next test)."""
+    with pytest.raises(DataError) as e:
+        preprocess(images(1, h=10, w=13), meta())
+    assert "is 10x13 pixels but the model takes 8x8" in e.value.message and "no resize" in e.value.message
+    assert_one_line(e.value)
+    assert center_crop(images(1, h=10, w=13)[0], 8, 8).shape == (8, 8, 3)
 
 
 def test_resize_matches_pillow_rgb_and_torchvision_sizes():

@@ -87,8 +87,8 @@ def preprocess(images: np.ndarray | Sequence[np.ndarray], meta: ModelMeta) -> np
     """Turn uint8 images into the model's float input.
 
     Steps: if ``meta.resize`` is set, resize the shorter side to ``resize`` (bilinear),
-    then centre-crop to (H, W) of ``meta.input_shape``; if ``resize`` is None, larger
-    images are centre-cropped and smaller ones rejected. Then
+    then centre-crop to (H, W) of ``meta.input_shape``; if ``resize`` is None, images must
+    already be (H, W): larger and smaller ones are rejected with their size and the expected one. Then
     ``x = (pixel / 255 - mean[c]) / std[c]`` per channel, in float32.
 
     Args:
@@ -124,6 +124,14 @@ def preprocess(images: np.ndarray | Sequence[np.ndarray], meta: ModelMeta) -> np
             )
         if meta.resize is not None:
             img = resize_shorter_side(img, int(meta.resize))
+        elif img.shape[:2] != (height, width) and img.shape[0] >= height and img.shape[1] >= width:
+            # without a resize step a larger image would be centre-cropped to a fraction of its
+            # content (64×64 into 32×32 keeps the middle quarter and scores ~0): say so instead
+            raise DataError(
+                f"image {i} is {img.shape[0]}x{img.shape[1]} pixels but the model takes {height}x{width} "
+                "and its model card has no resize step",
+                f"store the images at {height}x{width}, or use a model card with `resize` "
+                "(resize shorter side, then centre-crop)")
         if img.shape[:2] != (height, width):
             img = center_crop(img, height, width, i)
         out[i] = img.transpose(2, 0, 1)
