@@ -62,7 +62,7 @@ def test_run_writes_json_with_parity(files, tmp_path):
     (["load", "{model}", "--arch", "tinynet", "--mean", "a,b"], "comma-separated numbers"),
     (["quantize", "{model}", "--arch", "tinynet", "--bits", "9"], "--bits must be an integer in 2..8, got 9"),
     (["quantize", "{model}", "--arch", "tinynet", "--bits", "9"], "--bits 8, 6, 4, 3 or 2"),
-    (["quantize", "{model}", "--arch", "tinynet", "--method", "nope"], "unknown method"),
+    (["quantize", "{model}", "--arch", "tinynet", "--method", "nope"], "'nope' is not one of 'bnstat', 'gznq'"),
     (["quantize", "{model}", "--arch", "tinynet", "--budget", "huge"], "'huge' is not one of 'cpu', 'paper'"),
     (["quantize", "{model}", "--arch", "tinynet", "--target", "avx9"], "'avx9' is not one of 'portable'"),
     (["quantize", "{model}", "--arch", "tinynet", "--device", "tpu"], "'tpu' is not one of 'auto', 'cpu', 'cuda'"),
@@ -123,6 +123,8 @@ def test_cli_choices_are_the_stages_own():
     assert tuple(c.value for c in cli.BudgetChoice) == BUDGETS
     assert tuple(c.value for c in cli.FormatChoice) == EXPORT_FORMATS
     assert [c.value for c in cli.TargetChoice] == list(TARGETS)
+    from toolchain.methods.registry import list_methods
+    assert [c.value for c in cli.MethodChoice] == sorted(list_methods())
 
 
 def test_export_refuses_another_target(files, tmp_path):
@@ -169,6 +171,7 @@ def test_help_has_an_example_and_flags_take_no_value():
     out = invoke("run", "--help").output
     assert "--trust-pickle " in out and "--trust-pickle <bool>" not in out
     assert "<portable|x86-vnni|arm64>" in out and "<cpu|paper>" in out and "<auto|cpu|cuda>" in out
+    assert "<bnstat|gznq|lrq|minmax|zaq>" in out and "<qdq|int4>" in out
 
 
 def test_list_shows_whole_method_descriptions_and_piped_tables_do_not_wrap():

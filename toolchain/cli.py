@@ -105,6 +105,14 @@ StdOpt = typer.Option(None, "--std", help="Per-channel std of the input normaliz
 ClassesOpt = typer.Option(None, "--num-classes", help="Number of classes (default: from the checkpoint).")
 PickleOpt = typer.Option(False, "--trust-pickle", help="Allow loading a pickled nn.Module (runs code from the file).")
 OutOpt = typer.Option(Path("runs"), "--out", help="Root directory of the cached artifacts.")
+def _method_names() -> list[str]:
+    """The registered methods, read from the recipes shipped with them (light: importing the
+    methods themselves would load torch before --help could print)."""
+    from importlib import resources
+    return sorted(r.name[:-5] for r in resources.files("toolchain.recipes").iterdir() if r.name.endswith(".toml"))
+
+
+MethodChoice = enum.Enum("MethodChoice", {m: m for m in _method_names()}, type=str)
 MethodOpt = typer.Option("bnstat", "--method", "-m", help="Zero-shot method (see `zqtool list`).")
 BitsOpt = typer.Option(8, "--bits", "-b", help="Weight and activation bit width (2..8).")
 WbitsOpt = typer.Option(None, "--wbits", help="Weight bit width (overrides --bits).")
@@ -151,7 +159,7 @@ def _quant_options(method, bits, wbits, abits, first_last_bits, budget, recipe, 
     from .quant.scheme import QuantScheme
     if budget not in BUDGETS and recipe is None:
         raise ConfigError(f"--budget must be one of {', '.join(BUDGETS)}, got {budget!r}")
-    target, budget, device = _v(target), _v(budget), _v(device)
+    target, budget, device, method = _v(target), _v(budget), _v(device), _v(method)
     return {"method": method, "scheme": QuantScheme.from_bits(bits, wbits, abits, first_last_bits, target),
             "budget": budget, "recipe": recipe, "overrides": parse_overrides(set_), "seed": seed,
             "device": device}
@@ -187,7 +195,7 @@ def load(model: Path = ModelArg, arch: Optional[str] = ArchOpt, input_shape: Opt
 
 @app.command(epilog="Example: zqtool quantize ../shared/models/resnet20-12fca82f.th --arch resnet20 --method gznq --bits 4")
 @handle_errors
-def quantize(model: Path = ModelArg, method: str = MethodOpt, bits: int = BitsOpt, wbits: Optional[int] = WbitsOpt,
+def quantize(model: Path = ModelArg, method: MethodChoice = MethodOpt, bits: int = BitsOpt, wbits: Optional[int] = WbitsOpt,
              abits: Optional[int] = AbitsOpt, first_last_bits: int = FLOpt, target: TargetChoice = TargetOpt,
              budget: BudgetChoice = BudgetOpt,
              recipe: Optional[Path] = RecipeOpt, set_: Optional[List[str]] = SetOpt, seed: int = SeedOpt,
@@ -292,7 +300,7 @@ def verify(onnx_model: Path = typer.Argument(..., help="The QDQ ONNX model (mode
 
 @app.command(epilog="Example: zqtool run model.pt2 --input-shape 3,224,224 --num-classes 1000 --data val/ --method bnstat --bits 8")
 @handle_errors
-def run(model: Path = ModelArg, data: Path = DataOpt, method: str = MethodOpt, bits: int = BitsOpt,
+def run(model: Path = ModelArg, data: Path = DataOpt, method: MethodChoice = MethodOpt, bits: int = BitsOpt,
         wbits: Optional[int] = WbitsOpt, abits: Optional[int] = AbitsOpt, first_last_bits: int = FLOpt,
         target: TargetChoice = TargetOpt,
         budget: BudgetChoice = BudgetOpt, recipe: Optional[Path] = RecipeOpt, set_: Optional[List[str]] = SetOpt,

@@ -261,5 +261,5 @@ def saturation_warning(risks: list[SaturationRisk] | None, saturates: bool | Non
         return None
     names = ", ".join(r.node for r in risks[:4]) + (f" and {len(risks) - 4} more" if len(risks) > 4 else "")
     return (f"{len(risks)} integer layer(s) can saturate onnxruntime's int16 pair sums on this CPU "
-            f"({cpu.model}; its u8×s8 kernels have no VNNI), so its results differ from the exact ones: "
-            f"{names}; re-quantize with --target portable")
+            f"({cpu.model}: its u8×s8 kernels saturate, measured), so their results differ from the exact "
+            f"ones: {names}; re-quantize with --target portable")
