@@ -3,9 +3,10 @@
 
 The ``portable`` target narrows 8-bit weights to 7 bits where 8-bit codes could saturate
 (toolchain/targets.py). The alternative is to narrow the activations those layers read to 7 bits.
-This script registers that variant as a temporary target (``portable-act7``) and runs the same
+This script registers that variant as a temporary target (``portable-act7``), and one that also
+narrows depthwise convolutions (``portable-dw7``: what their exemption is worth), and runs the same
 method through the whole pipeline (quantize → export → onnxruntime verify) for ``portable``,
-``portable-act7`` and a full-range target, printing one markdown table.
+``portable-act7``, ``portable-dw7`` and a full-range target, printing one markdown table.
 
 Usage:
     .venv/bin/python examples/target_variants.py MODEL --arch ARCH --data DATA [--method bnstat]
@@ -19,6 +20,18 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def _no_exemption_class():
+    from dataclasses import dataclass
+
+    from toolchain.targets import Target
+
+    @dataclass(frozen=True)
+    class NoDepthwiseExemption(Target):
+        def layer_bits(self, weight_bits, act_bits, *, depthwise=False):
+            return Target.layer_bits(self, weight_bits, act_bits, depthwise=False)
+    return NoDepthwiseExemption
 
 
 def main() -> None:
@@ -36,12 +49,14 @@ def main() -> None:
     from toolchain.pipeline import run
     from toolchain.quant.scheme import QuantScheme
     from toolchain.targets import TARGETS, Target, register_target
+    _NoDepthwiseExemption = _no_exemption_class()
     if "portable-act7" not in TARGETS:
         register_target(Target("portable-act7", "experiment: 7-bit activations into 8-bit-weight layers", True,
                                narrow="act"))
+        register_target(_NoDepthwiseExemption("portable-dw7", "experiment: depthwise convs narrowed too", True))
     print(f"| target | FP32 top-1 | QDQ top-1 | drop | agree % | parity on (exact sim) |")
     print("|---|---|---|---|---|---|")
-    for target in ("portable", "portable-act7", "x86-vnni"):
+    for target in ("portable", "portable-act7", "portable-dw7", "x86-vnni"):
         r = run(a.model, a.data, load_options={"arch": a.arch}, method=a.method, scheme=QuantScheme(target=target),
                 overrides=parse_overrides(a.set), limit=a.limit, latency_runs=0, store=Store(a.store))
         p = r["parity"]["on"]
