@@ -65,10 +65,7 @@ class Target:
                 pair_sum_safe(2 ** act_bits - 1, 2 ** (weight_bits - 1) - 1):
             return int(weight_bits), int(act_bits)
         if self.narrow == "act":
-            a = int(act_bits)
-            while a > 2 and not pair_sum_safe(2 ** a - 1, 2 ** (weight_bits - 1) - 1):
-                a -= 1
-            return int(weight_bits), a
+            return int(weight_bits), _widest(act_bits, lambda a: pair_sum_safe(2 ** a - 1, 2 ** (weight_bits - 1) - 1))
         return safe_weight_bits(weight_bits, act_bits), int(act_bits)
 
 
@@ -115,7 +112,12 @@ def pair_sum_safe(qmax_act: int, qmax_weight: int) -> bool:
 def safe_weight_bits(weight_bits: int, act_bits: int) -> int:
     """The largest weight bit width ≤ ``weight_bits`` (narrow range, qmax = 2**(b-1) − 1) whose
     codes are pair-sum safe with ``act_bits``-bit unsigned activations (qmax = 2**b − 1)."""
-    b = int(weight_bits)
-    while b > 2 and not pair_sum_safe(2 ** act_bits - 1, 2 ** (b - 1) - 1):
+    return _widest(weight_bits, lambda w: pair_sum_safe(2 ** act_bits - 1, 2 ** (w - 1) - 1))
+
+
+def _widest(bits: int, safe) -> int:
+    """The largest width ≤ ``bits`` (down to 2) for which ``safe(width)`` holds."""
+    b = int(bits)
+    while b > 2 and not safe(b):
         b -= 1
     return b

@@ -37,7 +37,7 @@ from torch import fx
 from ..errors import UnsupportedModelError
 from ..quant import ops
 from ..quant.layers import QuantConv2d, QuantLinear, _QuantLayer
-from ..quant.quantizers import _ActPerTensorFloat
+from ..quant.quantizers import _ActPerTensorFloat, clamp_absorbed
 from .onnx_graph import GraphBuilder, Grid, Value
 
 aten = torch.ops.aten
@@ -199,18 +199,6 @@ def _reaches(node: fx.Node, targets) -> bool:
     return False
 
 
-def _clamp_is_redundant(ctx: ExportContext, node: fx.Node, lo: float | None, hi: float | None) -> bool:
-    users = list(node.users)
-    if not users:
-        return False
-    for u in users:
-        if u.op != "call_module" or not isinstance(ctx.module(u), _ActPerTensorFloat):
-            return False
-        if not ctx.module(u).clamp_is_redundant(lo, hi):
-            return False
-    return True
-
-
 def _q_range(grid: Grid) -> tuple[float, float]:
     s = np.float32(grid.scale_value)
     return float(np.float32(-grid.zero_point_value) * s), float(np.float32(grid.qmax - grid.zero_point_value) * s)
@@ -334,7 +322,7 @@ def _float_clamp(ctx: ExportContext, x: str, lo: float | None, hi: float | None,
 @converter(*ops.RELU)
 def _relu(ctx: ExportContext, node: fx.Node) -> Value:
     src = ctx.value(node.args[0])
-    if _clamp_is_redundant(ctx, node, 0.0, None):
+    if clamp_absorbed(node, ctx.module):
         return src
     name = ctx.name(node)
     if ctx.fmt == FMT_QDQ and src.codes is not None:  # relu on the grid: max(code, zero_point)
@@ -347,7 +335,7 @@ def _clamp(ctx: ExportContext, node: fx.Node) -> Value:
     lo, hi = ops.clamp_bounds(node)
     if isinstance(lo, fx.Node) or isinstance(hi, fx.Node):
         raise UnsupportedModelError(f"node {node.name}: clamp with tensor bounds is not supported")
-    if _clamp_is_redundant(ctx, node, lo, hi):
+    if clamp_absorbed(node, ctx.module):
         return ctx.value(node.args[0])
     return Value(float=_float_clamp(ctx, ctx.float(node.args[0]), lo, hi, node.name), origin=node.name)
 

@@ -37,7 +37,7 @@ from . import integer_kernels as K
 from . import ops
 from .layers import QuantConv2d, QuantLinear, _QuantLayer
 from .model import QuantizedModel
-from .quantizers import _ActPerTensorFloat
+from .quantizers import _ActPerTensorFloat, clamp_absorbed
 
 
 @dataclass
@@ -162,19 +162,19 @@ class ExactInterpreter(fx.Interpreter):
         a0 = args[0] if args else None
         if target in ops.ADD and len(args) >= 2 and all(isinstance(a, Codes) for a in args[:2]) \
                 and kwargs.get("alpha", 1) == 1:
-            return self._add(args[0], args[1], target, args, kwargs)
+            return self._add(args[0], args[1])
         if target in ops.CAT and all(isinstance(a, Codes) for a in args[0]):
-            return self._concat(list(args[0]), target, args, kwargs)
+            return self._concat(list(args[0]), args[1] if len(args) > 1 else kwargs.get("dim", 0))
         if target in ops.AVG_POOL and isinstance(a0, Codes):
             p = self._avg_pool(a0, target, args, kwargs)
             if p is not None:
                 return p
-        if target in ops.ACTIVATION and isinstance(a0, Pending) and self._clamp_dropped(target, args, kwargs):
+        if target in ops.ACTIVATION and isinstance(a0, Pending) and clamp_absorbed(self.current_node, self._module_of):
             return a0  # the export drops it: the following quantizer's saturation does the clamp
         if isinstance(a0, Codes):
             if target in ops.RELU:
                 return a0.map(lambda t: t.clamp_min(a0.zero_point))
-            if target in ops.PAD and self._zero_pad(target, args, kwargs):
+            if target in ops.PAD and ops.is_zero_pad(self.current_node):
                 return a0.map(lambda t: ops.aten.constant_pad_nd.default(t, args[1], float(a0.zero_point)))
             if target in ops.TRANSPARENT_BASE:
                 return a0.map(lambda t: target(t, *args[1:], **kwargs))
@@ -182,27 +182,17 @@ class ExactInterpreter(fx.Interpreter):
                  for a in args]
         return target(*fargs, **{k: _materialize(v) for k, v in kwargs.items()})
 
-    def _clamp_dropped(self, target, args, kwargs) -> bool:
-        node = self.current_node
-        lo, hi = ops.clamp_bounds(node)
-        users = list(node.users)
-        return bool(users) and all(
-            u.op == "call_module" and isinstance(self.gm.get_submodule(u.target), _ActPerTensorFloat)
-            and self.gm.get_submodule(u.target).clamp_is_redundant(lo, hi) for u in users)
+    def _module_of(self, node: fx.Node):
+        return self.gm.get_submodule(node.target)
 
-    def _zero_pad(self, target, args, kwargs) -> bool:
-        return ops.is_zero_pad(self.current_node)
-
-    def _add(self, a: Codes, b: Codes, target, args, kwargs) -> Pending:
+    def _add(self, a: Codes, b: Codes) -> Pending:
         def requantize(q):
             scale, zp, qmax = _grid_of(q)
             return Codes(K.qlinear_add(a.q, a.scale, a.zero_point, b.q, b.scale, b.zero_point, scale, zp, qmax),
                          scale, zp, qmax)
         return Pending(requantize, lambda: a.dequantize() + b.dequantize(), "add")
 
-    def _concat(self, xs: list[Codes], target, args, kwargs) -> Pending:
-        dim = args[1] if len(args) > 1 else kwargs.get("dim", 0)
-
+    def _concat(self, xs: list[Codes], dim: int) -> Pending:
         def requantize(q):
             scale, zp, qmax = _grid_of(q)
             parts = [K.qlinear_concat_part(x.q, x.scale, x.zero_point, scale, zp, qmax) for x in xs]

@@ -196,3 +196,17 @@ class ShiftedUintActPerTensorFloat(_ActPerTensorFloat):
 
 
 ActQuantizer = _ActPerTensorFloat
+
+
+def clamp_absorbed(node, module_of) -> bool:
+    """Whether a ReLU/ReLU6/clamp fx ``node`` can be dropped: every user is an activation quantizer
+    (``module_of(user)`` gives its module) whose saturation does the clamp
+    (:meth:`_ActPerTensorFloat.clamp_is_redundant`). The export drops such a clamp and the
+    integer-exact simulation lets the fused kernel's saturation do it, so both ask this one check.
+    """
+    from . import ops
+    lo, hi = ops.clamp_bounds(node)
+    users = list(node.users)
+    return bool(users) and all(
+        u.op == "call_module" and isinstance(module_of(u), _ActPerTensorFloat)
+        and module_of(u).clamp_is_redundant(lo, hi) for u in users)
