@@ -49,10 +49,18 @@ class NoBN(nn.Module):
 
 
 class FixedBatch(NoBN):
-    """Hard-codes the batch size in a view: cannot be exported with a dynamic batch."""
+    """Hard-codes the batch size in a view (as a channel shuffle exported at batch 1 does)."""
 
     def forward(self, x):
         return self.fc(F.adaptive_avg_pool2d(F.relu(self.conv(x)), 1).view(1, 4))
+
+
+class MixesBatch(NoBN):
+    """Mixes the images of a batch: at a fixed batch of 1 it is not the same function at batch N."""
+
+    def forward(self, x):
+        y = self.fc(F.adaptive_avg_pool2d(F.relu(self.conv(x)), 1).flatten(1))
+        return y - 0.5 * y.mean(0, keepdim=True)
 
 
 class DataDependent(NoBN):
@@ -210,9 +218,23 @@ def test_pt2_static_batch_is_made_dynamic(tmp_path, tiny):
     same_outputs(loaded, tiny)
 
 
+def test_pt2_static_batch_literal_in_a_view_is_freed(tmp_path):
+    torch.manual_seed(0)
+    model = FixedBatch().eval()
+    path = tmp_path / "fixed.pt2"
+    torch.export.save(torch.export.export(model, (torch.randn(1, *SHAPE),)), path)
+    loaded = load_model(path)
+    assert loaded.meta.extra["batch_made_dynamic"] and loaded.meta.extra["exported_batch"] == 1
+    assert loaded.meta.extra["batch_literals_freed"] == 1
+    x = torch.randn(3, *SHAPE)
+    with torch.no_grad():
+        want = torch.cat([model(x[i:i + 1]) for i in range(3)])
+        torch.testing.assert_close(loaded.program.module()(x), want)
+
+
 def test_pt2_static_batch_that_cannot_be_freed(tmp_path):
     path = tmp_path / "fixed.pt2"
-    torch.export.save(torch.export.export(FixedBatch().eval(), (torch.randn(1, *SHAPE),)), path)
+    torch.export.save(torch.export.export(MixesBatch().eval(), (torch.randn(1, *SHAPE),)), path)
     with pytest.raises(UnsupportedModelError, match="batch dimension is fixed to 1") as e:
         load_model(path)
     assert "dynamic_shapes" in e.value.hint

@@ -37,6 +37,7 @@ from torch import fx
 from ..errors import UnsupportedModelError
 from ..quant import ops
 from ..quant.layers import QuantConv2d, QuantLinear, _QuantLayer
+from ..quant.float_ops import FLOAT_UNARY
 from ..quant.quantizers import _ActPerTensorFloat, clamp_absorbed
 from .onnx_graph import GraphBuilder, Grid, Value
 
@@ -340,33 +341,34 @@ def _clamp(ctx: ExportContext, node: fx.Node) -> Value:
     return Value(float=_float_clamp(ctx, ctx.float(node.args[0]), lo, hi, node.name), origin=node.name)
 
 
-def _unary(onnx_op: str, **attrs):
-    def conv(ctx: ExportContext, node: fx.Node) -> Value:
-        return Value(float=ctx.b.node(onnx_op, [ctx.float(node.args[0])], node.name, **attrs), origin=node.name)
-    return conv
-
-
-converter(aten.sigmoid.default)(_unary("Sigmoid"))
-converter(aten.tanh.default)(_unary("Tanh"))
-converter(aten.exp.default)(_unary("Exp"))
-converter(aten.neg.default)(_unary("Neg"))
-converter(aten.hardsigmoid.default)(_unary("HardSigmoid", alpha=1.0 / 6.0, beta=0.5))
-
-
-@converter(aten.hardswish.default)
-def _hardswish(ctx: ExportContext, node: fx.Node) -> Value:
+def _float_unary(ctx: ExportContext, node: fx.Node) -> Value:
+    """A smooth activation in float (its ONNX form from :data:`~..quant.float_ops.FLOAT_UNARY`)."""
+    form = FLOAT_UNARY[node.target]
     x = ctx.float(node.args[0])
-    if ctx.b.opset >= 14:
-        return Value(float=ctx.b.node("HardSwish", [x], node.name), origin=node.name)
-    hs = ctx.b.node("HardSigmoid", [x], f"{node.name}.hardsigmoid", alpha=1.0 / 6.0, beta=0.5)
-    return Value(float=ctx.b.node("Mul", [x, hs], node.name), origin=node.name)
+    name = f"{node.name}.{form.op_type.lower()}" if form.times_input else node.name
+    y = ctx.b.node(form.op_type, [x], name, **dict(form.attrs))
+    if form.times_input:
+        y = ctx.b.node("Mul", [x, y], node.name)
+    return Value(float=y, origin=node.name)
 
 
-@converter(aten.silu.default)
-def _silu(ctx: ExportContext, node: fx.Node) -> Value:
-    x = ctx.float(node.args[0])
-    s = ctx.b.node("Sigmoid", [x], f"{node.name}.sigmoid")
-    return Value(float=ctx.b.node("Mul", [x, s], node.name), origin=node.name)
+converter(*FLOAT_UNARY)(_float_unary)
+
+
+@converter(aten.gelu.default)
+def _gelu(ctx: ExportContext, node: fx.Node) -> Value:
+    """GELU at opset 13: x · 0.5 · (1 + erf(x / √2)), or the tanh approximation."""
+    b, x, n = ctx.b, ctx.float(node.args[0]), node.name
+    if node.kwargs.get("approximate", node.args[1] if len(node.args) > 1 else "none") == "tanh":
+        cube = b.node("Mul", [b.node("Mul", [x, x], f"{n}.sq"), x], f"{n}.cube")
+        inner = b.node("Add", [x, b.node("Mul", [cube, b.const(0.044715, "float32")], f"{n}.c")], f"{n}.inner")
+        t = b.node("Tanh", [b.node("Mul", [inner, b.const(float(np.sqrt(2 / np.pi)), "float32")], f"{n}.k")],
+                   f"{n}.tanh")
+    else:
+        t = b.node("Erf", [b.node("Mul", [x, b.const(float(1 / np.sqrt(2)), "float32")], f"{n}.k")], f"{n}.erf")
+    half = b.node("Mul", [x, b.const(0.5, "float32")], f"{n}.half")
+    return Value(float=b.node("Mul", [half, b.node("Add", [t, b.const(1.0, "float32")], f"{n}.one")], n),
+                 origin=n)
 
 
 @converter(aten._softmax.default, aten.softmax.int)
@@ -630,3 +632,74 @@ converter(operator.mul)(_sym_binary("Mul"))
 converter(operator.add)(_sym_binary("Add"))
 converter(operator.sub)(_sym_binary("Sub"))
 converter(operator.floordiv)(_sym_binary("Div"))  # sizes are non-negative: truncation = floor
+
+
+# --------------------------------------------------------------------------
+# channel rearrangements and upsampling
+
+@converter(*ops.PERMUTE)
+def _permute(ctx: ExportContext, node: fx.Node) -> Value:
+    rank = ctx.rank(node.args[0])
+    if node.target is aten.transpose.int:
+        perm = list(range(rank))
+        a, c = _dim(int(node.args[1]), rank), _dim(int(node.args[2]), rank)
+        perm[a], perm[c] = perm[c], perm[a]
+    else:
+        perm = [_dim(int(d), rank) for d in node.args[1]]
+    if perm[0] != 0:
+        raise UnsupportedModelError(f"node {node.name}: a permutation that moves the batch dimension")
+    return ctx.grid_op(node, ctx.value(node.args[0]),
+                       lambda x, name, zero: ctx.b.node("Transpose", [x], name, perm=perm))
+
+
+def split_sizes(node: fx.Node, length: int) -> list[int]:
+    """The part sizes of a ``chunk`` / ``split`` / ``split_with_sizes`` node along its dim of ``length``."""
+    if node.target is aten.chunk.default:
+        step = -(-length // int(node.args[1]))
+        return [min(step, length - s) for s in range(0, length, step)]
+    if node.target is aten.split_with_sizes.default:
+        return [int(v) for v in node.args[1]]
+    step = int(node.args[1])
+    return [min(step, length - s) for s in range(0, length, step)]
+
+
+@converter(*ops.SPLIT)
+def _split(ctx: ExportContext, node: fx.Node) -> Value:
+    shape = ctx.shape(node.args[0])
+    dim = _dim(int(_arg(node, 2, "dim", 0)), len(shape))
+    if dim == 0:
+        raise UnsupportedModelError(f"node {node.name}: a split of the batch dimension")
+    src, b, parts, start = ctx.value(node.args[0]), ctx.b, [], 0
+    for i, size in enumerate(split_sizes(node, int(shape[dim]))):
+        ins = [b.const([start]), b.const([start + size]), b.const([dim])]
+        part = ctx.grid_op(node, src, lambda x, name, zero, ins=ins, i=i: b.node("Slice", [x, *ins], f"{name}.{i}"))
+        parts.append(part)
+        start += size
+    return Value(items=tuple(parts), origin=ctx.name(node))
+
+
+def _resize_scales(ctx: ExportContext, node: fx.Node) -> str:
+    """Resize's ``scales`` input [1, 1, oh/h, ow/w] (float32), from the traced shapes."""
+    h, w = ctx.shape(node.args[0])[-2:]
+    oh, ow = ctx.shape(node)[-2:]
+    if oh % h or ow % w:
+        raise UnsupportedModelError(
+            f"node {node.name}: upsampling {h}x{w} to {oh}x{ow} is not by an integer factor",
+            "zqtool exports integer upsampling factors")
+    return ctx.b.const([1.0, 1.0, oh / h, ow / w], "float32")
+
+
+@converter(*ops.UPSAMPLE_NEAREST)
+def _upsample_nearest(ctx: ExportContext, node: fx.Node) -> Value:
+    scales = _resize_scales(ctx, node)
+    return ctx.grid_op(node, ctx.value(node.args[0]), lambda x, name, zero: ctx.b.node(
+        "Resize", [x, "", scales], name, mode="nearest", coordinate_transformation_mode="asymmetric",
+        nearest_mode="floor"))
+
+
+@converter(*ops.UPSAMPLE_BILINEAR)
+def _upsample_bilinear(ctx: ExportContext, node: fx.Node) -> Value:
+    align = bool(_arg(node, 2, "align_corners", False))
+    y = ctx.b.node("Resize", [ctx.float(node.args[0]), "", _resize_scales(ctx, node)], node.name, mode="linear",
+                   coordinate_transformation_mode="align_corners" if align else "pytorch_half_pixel")
+    return Value(float=y, origin=node.name)

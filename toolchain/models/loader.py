@@ -71,7 +71,8 @@ _BN_WITH_TRAINING_ARG = frozenset({
     "batch_norm", "native_batch_norm", "_native_batch_norm_legit",
     "_native_batch_norm_legit_functional", "cudnn_batch_norm", "miopen_batch_norm",
 })
-_DROPOUT_OPS = frozenset({"dropout", "feature_dropout", "alpha_dropout", "feature_alpha_dropout"})
+_DROPOUT_OPS = frozenset({"dropout", "feature_dropout", "alpha_dropout", "feature_alpha_dropout",
+                          "dropout_", "feature_dropout_", "alpha_dropout_", "feature_alpha_dropout_"})
 _DISALLOWED_GLOBAL = re.compile(r"Unsupported global: GLOBAL (\S+) was not an allowed global")
 _TEST_BATCHES = (1, 5)
 _LIST_MAX = 5
@@ -554,8 +555,10 @@ def _finish_pt2(program, spec, input_shape, mean, std, num_classes, digest) -> L
     _check_eval_mode(program)
     _strip_eval_dropout(program)
     if isinstance(dims[0], int):
-        program, logits = _dynamic_batch_from_static(program, int(dims[0]), fields["input_shape"])
+        program, logits, freed = _dynamic_batch_from_static(program, int(dims[0]), fields["input_shape"])
         extra["batch_made_dynamic"] = True
+        extra["exported_batch"] = int(dims[0])
+        extra["batch_literals_freed"] = freed
     else:
         logits = _check_runs(program, fields["input_shape"])
     return LoadedModel(program, _meta_from_logits(fields, extra, logits))
@@ -569,6 +572,8 @@ def _validate_partial(fields: dict) -> None:
 def _meta_from_logits(fields: dict, extra: dict, logits: torch.Tensor) -> ModelMeta:
     """The ModelMeta, num_classes taken from the (1, K) logits unless given (then checked)."""
     k = int(logits.shape[1])
+    if logits.dim() == 4:
+        fields = {**fields, "task": "segmentation"}
     if fields.get("num_classes") is None:
         fields = {**fields, "num_classes": k}
     elif int(fields["num_classes"]) != k:
@@ -603,11 +608,14 @@ def _dynamic_batch_from_static(program, batch: int, input_shape):
 
     No user code runs: the graph is the program's. Succeeds when no op hard-codes the batch
     size (e.g. ``flatten`` instead of ``view(B, -1)``); the result is checked against the
-    original program image by image. Returns (program, logits at batch 1).
+    original program image by image. A literal batch size in a view/reshape shape (the channel
+    shuffle of ShuffleNet exported at batch 1) is first replaced by the input's batch size
+    (:func:`_free_batch_literals`). Returns (program, logits at batch 1, literals replaced).
     """
     gm = program.module()
     _drop_guards(gm)
     gm.validate_inputs = False  # the pre-hook would reject batch != the static size
+    freed = _free_batch_literals(gm, batch)
     hint = ("export with a dynamic batch dimension: torch.export.export(model.eval(), (x,), "
             "dynamic_shapes=({0: torch.export.Dim('batch')},)) and torch.export.save it")
     try:
@@ -627,7 +635,46 @@ def _dynamic_batch_from_static(program, batch: int, input_shape):
             f"({_first_line(e)[:120]})",
             hint,
         ) from None
-    return new, logits
+    return new, logits, freed
+
+
+#: ops whose shape argument may spell the batch size as a literal (``view(1, 2, 24, 28, 28)``)
+_SHAPE_OPS = ("view", "reshape", "_unsafe_view")
+
+
+def _free_batch_literals(gm: torch.fx.GraphModule, batch: int) -> int:
+    """Replace a literal batch size in view/reshape shapes by the input's own batch size.
+
+    ``view(x, [1, 2, 24, 28, 28])`` on an x of batch 1 becomes ``view(x, [-1, 2, 24, 28, 28])``
+    (or ``[x.size(0), …]`` when the shape already has a −1) — only where the view keeps dim 0
+    as the batch (the other dims hold exactly x's other elements). Returns the number rewritten.
+    """
+    count = 0
+    for n in list(gm.graph.nodes):
+        if _op_name(n) not in _SHAPE_OPS or len(n.args) < 2 or not isinstance(n.args[0], torch.fx.Node):
+            continue
+        shape, val = list(n.args[1]), n.args[0].meta.get("val")
+        if not shape or shape[0] != batch or not isinstance(val, torch.Tensor) or val.dim() < 1 \
+                or val.shape[0] != batch or not all(isinstance(d, int) for d in shape):
+            continue
+        rest, inner = shape[1:], 1
+        for d in val.shape[1:]:
+            inner *= int(d)
+        if -1 not in rest:
+            prod = 1
+            for d in rest:
+                prod *= d
+            if prod != inner:
+                continue
+            n.args = (n.args[0], [-1, *rest], *n.args[2:])
+        else:
+            with gm.graph.inserting_before(n):
+                size = gm.graph.call_function(torch.ops.aten.sym_size.int, (n.args[0], 0))
+            n.args = (n.args[0], [size, *rest], *n.args[2:])
+        count += 1
+    if count:
+        gm.recompile()
+    return count
 
 
 # ----------------------------------------------------------------------------- graph helpers
@@ -674,10 +721,11 @@ def _run(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Logits of ``module`` (a program's ``.module()``) on ``x``; checks they are (N, K)."""
     with torch.no_grad():
         out = module(x)
-    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != x.shape[0]:
+    if not isinstance(out, torch.Tensor) or out.dim() not in (2, 4) or out.shape[0] != x.shape[0]:
         what = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise UnsupportedModelError(
-            f"the model returns {what} for a batch of {x.shape[0]}; expected (N, num_classes) logits",
+            f"the model returns {what} for a batch of {x.shape[0]}; expected (N, num_classes) logits "
+            "or (N, num_classes, H, W) per-pixel logits",
         )
     return out
 

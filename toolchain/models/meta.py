@@ -14,6 +14,8 @@ from ..errors import ConfigError
 
 #: prefix of the ONNX metadata_props keys that carry a ModelMeta
 ONNX_META_PREFIX = "zqtool."
+#: what a model's output means: (N, K) class logits, or (N, K, H, W) per-pixel class logits
+TASKS = ("classification", "segmentation")
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,8 @@ class ModelMeta:
         arch: zoo architecture name, or None for a model given as a program.
         source_sha256: sha256 of the user's model file (hex).
         source_format: "pt2", "state_dict" or "pickle".
+        task: "classification" (output (N, num_classes) logits) or "segmentation" (output
+            (N, num_classes, H', W') per-pixel logits; a dense-prediction model).
     """
 
     input_shape: tuple[int, int, int]
@@ -41,6 +45,7 @@ class ModelMeta:
     arch: str | None = None
     source_sha256: str = ""
     source_format: str = ""
+    task: str = "classification"
     extra: dict = field(default_factory=dict, compare=False)
 
     def __post_init__(self):
@@ -67,6 +72,8 @@ class ModelMeta:
         if int(self.num_classes) < 1:
             raise ConfigError(f"--num-classes must be >= 1, got {self.num_classes}")
         object.__setattr__(self, "num_classes", int(self.num_classes))
+        if self.task not in TASKS:
+            raise ConfigError(f"task must be one of {', '.join(TASKS)}, got {self.task!r}")
 
     def to_dict(self) -> dict:
         d = asdict(self)

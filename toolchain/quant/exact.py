@@ -35,6 +35,7 @@ from torch import fx
 
 from . import integer_kernels as K
 from . import ops
+from .float_ops import FLOAT_UNARY, ort_apply
 from .layers import QuantConv2d, QuantLinear, _QuantLayer
 from .model import QuantizedModel
 from .quantizers import _ActPerTensorFloat, clamp_absorbed
@@ -71,7 +72,7 @@ class Pending:
     Attributes:
         requantize: ``fn(quantizer) -> Codes``: the fused kernel's output on that quantizer's grid.
         float: ``fn() -> float32 tensor``: the value when no quantizer follows (unfused graph).
-        op: what it came from ("conv", "linear", "add", "avgpool", "concat"), for reports.
+        op: what it came from ("conv", "linear", "add", "mul", "avgpool", "concat"), for reports.
     """
 
     requantize: Callable[[_ActPerTensorFloat], Codes]
@@ -163,6 +164,8 @@ class ExactInterpreter(fx.Interpreter):
         if target in ops.ADD and len(args) >= 2 and all(isinstance(a, Codes) for a in args[:2]) \
                 and kwargs.get("alpha", 1) == 1:
             return self._add(args[0], args[1])
+        if target in ops.MUL and len(args) >= 2 and all(isinstance(a, Codes) for a in args[:2]):
+            return self._mul(args[0], args[1])
         if target in ops.CAT and all(isinstance(a, Codes) for a in args[0]):
             return self._concat(list(args[0]), args[1] if len(args) > 1 else kwargs.get("dim", 0))
         if target in ops.AVG_POOL and isinstance(a0, Codes):
@@ -176,8 +179,12 @@ class ExactInterpreter(fx.Interpreter):
                 return a0.map(lambda t: t.clamp_min(a0.zero_point))
             if target in ops.PAD and ops.is_zero_pad(self.current_node):
                 return a0.map(lambda t: ops.aten.constant_pad_nd.default(t, args[1], float(a0.zero_point)))
+            if target in ops.SPLIT:
+                return tuple(a0.map(lambda _, p=p: p) for p in target(a0.q, *args[1:], **kwargs))
             if target in ops.TRANSPARENT_BASE:
                 return a0.map(lambda t: target(t, *args[1:], **kwargs))
+        if target in FLOAT_UNARY:  # onnxruntime's own float kernel: bit-identical to the QDQ model
+            return ort_apply(FLOAT_UNARY[target], _materialize(a0))
         fargs = [_materialize(a) if not isinstance(a, (list, tuple)) else type(a)(_materialize(b) for b in a)
                  for a in args]
         return target(*fargs, **{k: _materialize(v) for k, v in kwargs.items()})
@@ -191,6 +198,13 @@ class ExactInterpreter(fx.Interpreter):
             return Codes(K.qlinear_add(a.q, a.scale, a.zero_point, b.q, b.scale, b.zero_point, scale, zp, qmax),
                          scale, zp, qmax)
         return Pending(requantize, lambda: a.dequantize() + b.dequantize(), "add")
+
+    def _mul(self, a: Codes, b: Codes) -> Pending:
+        def requantize(q):
+            scale, zp, qmax = _grid_of(q)
+            return Codes(K.qlinear_mul(a.q, a.scale, a.zero_point, b.q, b.scale, b.zero_point, scale, zp, qmax),
+                         scale, zp, qmax)
+        return Pending(requantize, lambda: a.dequantize() * b.dequantize(), "mul")
 
     def _concat(self, xs: list[Codes], dim: int) -> Pending:
         def requantize(q):
@@ -215,7 +229,7 @@ class ExactInterpreter(fx.Interpreter):
         def requantize(q):
             scale, zp, qmax = _grid_of(q)
             y = K.qlinear_global_avg_pool(x.q, x.scale, x.zero_point, scale, zp, qmax)
-            return Codes(y if keep else y.flatten(-2), scale, zp, qmax)
+            return Codes(y if keep else y.flatten(-3), scale, zp, qmax)
 
         def as_float():
             return target(x.dequantize(), *args[1:], **kwargs)

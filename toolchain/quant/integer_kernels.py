@@ -115,3 +115,17 @@ def qlinear_avg_pool(x: torch.Tensor, x_scale, x_zp: int, y_scale, y_zp: int, qm
     is added *before* rounding — clamped to [0, qmax]."""
     avg = pool(dequantize(x, x_scale, x_zp))
     return torch.round(avg / _f32(y_scale) + _f32(float(y_zp))).double().clamp(0, qmax)
+
+
+def qlinear_mul(a: torch.Tensor, a_scale, a_zp: int, b: torch.Tensor, b_scale, b_zp: int,
+                y_scale, y_zp: int, qmax: int) -> torch.Tensor:
+    """QLinearMul (MLAS ``qlmul.cpp``, the SSE2 and NEON kernels; broadcasting as numpy).
+
+    The int16 product ``(a − za)(b − zb)`` is exact in int32, converted to float32, times
+    ``ratio = f32(f32(sa · sb) / sc)``, plus ``f32(zc)`` (two float32 roundings, no FMA),
+    rounded half to even and saturated (then the sub-8-bit Clip). Returns float64 codes.
+    """
+    ratio = (_f32(a_scale) * _f32(b_scale)) / _f32(y_scale)
+    prod = ((a - a_zp) * (b - b_zp)).to(F32)
+    v = prod * ratio + _f32(float(y_zp))
+    return torch.round(v).double().clamp(0, qmax)

@@ -34,13 +34,45 @@ RELU6 = {aten.relu6.default, aten.relu6_.default}
 RESHAPE = {aten.flatten.using_ints, aten.view.default, aten.reshape.default,
            aten._unsafe_view.default, aten.squeeze.dims, aten.squeeze.dim, aten.unsqueeze.default}
 SLICE = {aten.slice.Tensor}
+#: axis permutations (the transpose of a channel shuffle)
+PERMUTE = {aten.permute.default, aten.transpose.int}
+#: channel split into a tuple of views; each part is taken by ``operator.getitem``
+SPLIT = {aten.chunk.default, aten.split.Tensor, aten.split_with_sizes.default}
+#: nearest-neighbour upsampling copies values (grid-preserving); bilinear interpolates (a float op)
+UPSAMPLE_NEAREST = {aten.upsample_nearest2d.vec, aten.upsample_nearest2d.default}
+UPSAMPLE_BILINEAR = {aten.upsample_bilinear2d.vec, aten.upsample_bilinear2d.default}
+#: elementwise product of two tensors (squeeze-excitation's channel gate): QLinearMul
+MUL = {aten.mul.Tensor}
+#: smooth activations onnxruntime runs in float between DequantizeLinear and QuantizeLinear
+#: (Sigmoid becomes QLinearSigmoid, a lookup table, when a QuantizeLinear follows it)
+HARDSWISH = {aten.hardswish.default}
+HARDSIGMOID = {aten.hardsigmoid.default}
+SILU = {aten.silu.default}
+SIGMOID = {aten.sigmoid.default}
+GELU = {aten.gelu.default}
+TANH = {aten.tanh.default}
+SMOOTH_ACTIVATION = HARDSWISH | HARDSIGMOID | SILU | SIGMOID | GELU | TANH
 PAD = {aten.pad.default, aten.constant_pad_nd.default}
-IDENTITY = {aten.dropout.default, aten.clone.default, aten.alias.default, aten.contiguous.default,
+IDENTITY = {aten.dropout.default, aten.dropout_.default, aten.clone.default, aten.alias.default, aten.contiguous.default,
             aten.detach.default, aten.feature_dropout.default}
 
-COMPUTE = CONV | LINEAR | ADD | CAT | AVG_POOL
+COMPUTE = CONV | LINEAR | ADD | CAT | AVG_POOL  # and MUL of two tensors: see is_tensor_mul
 ACTIVATION = RELU | HARDTANH | RELU6
-TRANSPARENT_BASE = RESHAPE | SLICE | MAX_POOL
+TRANSPARENT_BASE = RESHAPE | SLICE | MAX_POOL | PERMUTE | SPLIT | UPSAMPLE_NEAREST
+
+
+def is_split_item(node) -> bool:
+    """True for ``getitem(split(x), i)``: one part of a channel split (a view of x)."""
+    import operator
+    return node.op == "call_function" and node.target is operator.getitem \
+        and isinstance(node.args[0], type(node)) and node.args[0].op == "call_function" \
+        and node.args[0].target in SPLIT
+
+
+def is_tensor_mul(node) -> bool:
+    """True for a product of two tensors (not a tensor times a number)."""
+    return node.op == "call_function" and node.target in MUL and len(node.args) >= 2 \
+        and all(isinstance(a, type(node)) for a in node.args[:2])
 
 
 def is_zero_pad(node) -> bool:
@@ -57,7 +89,8 @@ def is_zero_pad(node) -> bool:
 
 def is_transparent(node) -> bool:
     """True when the op's output values lie on the integer grid of its (first) input."""
-    return node.op == "call_function" and (node.target in TRANSPARENT_BASE or is_zero_pad(node))
+    return node.op == "call_function" and (node.target in TRANSPARENT_BASE or is_zero_pad(node)
+                                           or is_split_item(node))
 
 
 def clamp_bounds(node) -> tuple[float | None, float | None]:
@@ -72,3 +105,16 @@ def clamp_bounds(node) -> tuple[float | None, float | None]:
         lo = node.args[1] if len(node.args) > 1 else node.kwargs.get("min")
         hi = node.args[2] if len(node.args) > 2 else node.kwargs.get("max")
     return (None if lo is None else float(lo)), (None if hi is None else float(hi))
+
+
+def functional_form(target):
+    """The out-of-place overload of an in-place ATen op (``aten.hardswish_.default`` →
+    ``aten.hardswish.default``), or None when ``target`` is not an in-place ATen op."""
+    if not isinstance(target, torch._ops.OpOverload):
+        return None
+    name = target._schema.name.split("::", 1)[-1]
+    if not name.endswith("_") or name.startswith("_") or name.endswith("__"):
+        return None
+    packet = getattr(aten, name[:-1], None)
+    overload = target._overloadname
+    return getattr(packet, overload, None) if packet is not None else None

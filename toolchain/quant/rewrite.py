@@ -67,8 +67,25 @@ def fp_graph_module(program) -> fx.GraphModule:
 
 
 def clean_graph(gm: fx.GraphModule) -> None:
-    """Remove inference no-ops (dropout in eval, clone, alias) in place."""
+    """Remove inference no-ops (dropout in eval, clone, alias, contiguous) and in-place ops, in place.
+
+    An in-place op (``hardswish_``, ``add_`` …) becomes its out-of-place form; later readers of
+    the mutated tensor read the op's result instead, so the graph is pure dataflow.
+    """
     g = gm.graph
+    order = {n: i for i, n in enumerate(g.nodes)}
+    for n in list(g.nodes):
+        functional = ops.functional_form(n.target) if n.op == "call_function" else None
+        if functional is None or not n.args or not isinstance(n.args[0], fx.Node):
+            continue
+        mutated = n.args[0]
+        for u in list(mutated.users):
+            if u is not n and order[u] > order[n]:
+                u.replace_input_with(mutated, n)
+        n.target = functional
+    for n in g.nodes:  # contiguous() is dropped below, so a view after a transpose must be a reshape
+        if n.op == "call_function" and n.target is ops.aten.view.default:
+            n.target = ops.aten.reshape.default
     for n in list(g.nodes):
         if n.op == "call_function" and n.target in ops.IDENTITY:
             if n.target in (ops.aten.dropout.default, ops.aten.feature_dropout.default) and \
@@ -167,7 +184,7 @@ def _pair(v):
 
 
 def _is_compute(n: fx.Node, layers) -> bool:
-    return n in layers or (n.op == "call_function" and n.target in ops.COMPUTE)
+    return n in layers or (n.op == "call_function" and n.target in ops.COMPUTE) or ops.is_tensor_mul(n)
 
 
 def _tensor_inputs(n: fx.Node) -> list[fx.Node]:
@@ -175,7 +192,7 @@ def _tensor_inputs(n: fx.Node) -> list[fx.Node]:
         return [a for a in n.args[0] if isinstance(a, fx.Node)]
     if n.op == "call_module":
         return [n.args[0]]
-    if n.target in ops.ADD:
+    if n.target in ops.ADD or n.target in ops.MUL:
         return [a for a in n.args[:2] if isinstance(a, fx.Node)]
     return [n.args[0]]
 
@@ -193,8 +210,10 @@ def _nonneg(n: fx.Node, memo: dict) -> bool:
             r = lo is not None and lo >= 0
         elif ops.is_transparent(n) or n.target in ops.AVG_POOL:
             r = _nonneg(n.args[0], memo)
-        elif n.target in ops.ADD:
+        elif n.target in ops.ADD or ops.is_tensor_mul(n):
             r = all(_nonneg(a, memo) for a in _tensor_inputs(n))
+        elif n.target in ops.HARDSIGMOID | ops.SIGMOID:
+            r = True
         elif n.target in ops.CAT:
             r = all(_nonneg(a, memo) for a in _tensor_inputs(n))
     memo[n] = r

@@ -1,0 +1,83 @@
+"""Float ops that onnxruntime runs between a DequantizeLinear and a QuantizeLinear, one table.
+
+A smooth activation (sigmoid, hardswish, SiLU …) has no exact integer form: the QDQ model
+runs it in float32 on the dequantized codes, or, for ``DQ → Sigmoid → Q``, onnxruntime
+builds a 256-entry lookup table (QLinearSigmoid) by running the same float kernel on every
+code. Its float kernels (MLAS's logistic and tanh approximations) differ from torch's in
+the last bits, and a value within an ulp of a rounding boundary of the next quantizer then
+lands on the neighbouring code. So the export writes each op as the ONNX node given here,
+and the integer-exact simulation (:mod:`.exact`) evaluates that very node with
+onnxruntime (:func:`ort_apply`), which makes it bit-identical to the deployed model on the
+machine it runs on.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+aten = torch.ops.aten
+
+
+@dataclass(frozen=True)
+class OnnxUnary:
+    """How one ATen activation is written in ONNX: ``op_type(x)``, or ``x · op_type(x)``.
+
+    Attributes:
+        op_type: a default-domain ONNX op available at opset 13 (``Sigmoid``, ``HardSigmoid`` …).
+        attrs: its attributes as (name, value) pairs.
+        times_input: the ATen op is ``x · op_type(x)`` (hardswish = x · hardsigmoid(x) at
+            opset 13, which has no HardSwish; SiLU = x · sigmoid(x)).
+    """
+
+    op_type: str
+    attrs: tuple[tuple[str, float], ...] = ()
+    times_input: bool = False
+
+
+_HARDSIGMOID = (("alpha", 1.0 / 6.0), ("beta", 0.5))  # torch: relu6(x + 3) / 6
+
+#: ATen target → its ONNX form (what the exporter writes and the exact simulation runs)
+FLOAT_UNARY: dict[object, OnnxUnary] = {
+    aten.sigmoid.default: OnnxUnary("Sigmoid"),
+    aten.tanh.default: OnnxUnary("Tanh"),
+    aten.exp.default: OnnxUnary("Exp"),
+    aten.neg.default: OnnxUnary("Neg"),
+    aten.hardsigmoid.default: OnnxUnary("HardSigmoid", _HARDSIGMOID),
+    aten.hardswish.default: OnnxUnary("HardSigmoid", _HARDSIGMOID, times_input=True),
+    aten.silu.default: OnnxUnary("Sigmoid", times_input=True),
+}
+
+
+@functools.lru_cache(maxsize=None)
+def _session(op: OnnxUnary):
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    node = helper.make_node(op.op_type, ["x"], ["y"], **dict(op.attrs))
+    graph = helper.make_graph([node], op.op_type,
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    so.log_severity_level = 3
+    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+
+def ort_apply(op: OnnxUnary, x: torch.Tensor) -> torch.Tensor:
+    """``op`` applied to ``x`` by onnxruntime's own CPU kernel (bit-identical to the QDQ model).
+
+    Args:
+        op: the ONNX form (see :data:`FLOAT_UNARY`).
+        x: float32 tensor, any shape (CPU).
+
+    Returns:
+        float32 tensor of x's shape; ``x · op(x)`` (one float32 product) when ``op.times_input``.
+    """
+    xf = np.ascontiguousarray(x.detach().float().cpu().numpy())
+    y = torch.from_numpy(_session(op).run(None, {"x": xf})[0])
+    return x.float() * y if op.times_input else y
