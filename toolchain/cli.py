@@ -120,6 +120,8 @@ AbitsOpt = typer.Option(None, "--abits", help="Activation bit width (overrides -
 FLOpt = typer.Option(8, "--first-last-bits", help="Bit width of the first and last layers (weights and input activations, the network input included).")
 #: the registered targets as a typer choice (``--help`` lists them; a bad value is a one-line error)
 TargetChoice = enum.Enum("TargetChoice", {n: n for n in TARGETS}, type=str)
+StrictOpt = typer.Option(False, "--strict", help="Refuse a model holding ops zqtool has no quantized form "
+                         "for, instead of running them in float between DequantizeLinear and QuantizeLinear.")
 TargetOpt = typer.Option(
     DEFAULT_TARGET, "--target",
     help="Deployment target: " + "; ".join(f"{t.name} = {t.description}" for t in TARGETS.values()) + ".")
@@ -154,7 +156,7 @@ def _load_options(arch, input_shape, mean, std, num_classes, trust_pickle) -> di
 
 
 def _quant_options(method, bits, wbits, abits, first_last_bits, budget, recipe, set_, seed, device,
-                   target=DEFAULT_TARGET) -> dict:
+                   target=DEFAULT_TARGET, strict: bool = False) -> dict:
     from .methods.recipes import BUDGETS, parse_overrides
     from .quant.scheme import QuantScheme
     if budget not in BUDGETS and recipe is None:
@@ -162,7 +164,7 @@ def _quant_options(method, bits, wbits, abits, first_last_bits, budget, recipe, 
     target, budget, device, method = _v(target), _v(budget), _v(device), _v(method)
     return {"method": method, "scheme": QuantScheme.from_bits(bits, wbits, abits, first_last_bits, target),
             "budget": budget, "recipe": recipe, "overrides": parse_overrides(set_), "seed": seed,
-            "device": device}
+            "device": device, "strict": strict}
 
 
 def _progress():
@@ -175,6 +177,22 @@ def _write_json(path: Path | None, obj) -> None:
         from .artifacts import write_json
         write_json(path, obj)
         console.print(f"wrote {path}")
+
+
+def read_json_quiet(path: Path) -> dict:
+    from .artifacts import read_json
+    return read_json(path) if path.is_file() else {}
+
+
+def _float_ops_note(qlog: dict) -> None:
+    """One line naming the ops that run in float (and a warning for ops zqtool does not know)."""
+    from .quant.ops import format_counts
+    if qlog.get("float_ops"):
+        console.print(f"in float between DequantizeLinear and QuantizeLinear: {format_counts(qlog['float_ops'])}",
+                      highlight=False, soft_wrap=True, markup=False)
+    if qlog.get("unknown_ops"):
+        console.print(f"[yellow]warning:[/] ops with no quantized form ran in float: "
+                      f"{escape(format_counts(qlog['unknown_ops']))} (--strict refuses them)", highlight=False)
 
 
 # ----------------------------------------------------------------------------- commands
@@ -201,7 +219,7 @@ def quantize(model: Path = ModelArg, method: MethodChoice = MethodOpt, bits: int
              recipe: Optional[Path] = RecipeOpt, set_: Optional[List[str]] = SetOpt, seed: int = SeedOpt,
              device: DeviceChoice = DeviceOpt, arch: Optional[str] = ArchOpt, input_shape: Optional[str] = ShapeOpt,
              mean: Optional[str] = MeanOpt, std: Optional[str] = StdOpt, num_classes: Optional[int] = ClassesOpt,
-             trust_pickle: bool = PickleOpt, out: Path = OutOpt):
+             trust_pickle: bool = PickleOpt, strict: bool = StrictOpt, out: Path = OutOpt):
     """Stage 2: zero-shot quantization (runs stage 1 if needed). Prints the run directory."""
     from .artifacts import Store
     from .pipeline import load_stage, quantize_stage
@@ -210,8 +228,9 @@ def quantize(model: Path = ModelArg, method: MethodChoice = MethodOpt, bits: int
         fp = load_stage(model, store=store, **_load_options(arch, input_shape, mean, std, num_classes, trust_pickle))
         q = quantize_stage(fp, store=store, progress=progress,
                            **_quant_options(method, bits, wbits, abits, first_last_bits, budget, recipe, set_,
-                                            seed, device, target))
+                                            seed, device, target, strict))
     rec = (q.config_json().get("recipe") or {})
+    _float_ops_note(read_json_quiet(q.dir / "quant.json"))
     console.print(f"quantized with {q.method} ({q.scheme.tag}, target {q.scheme.target}; recipe "
                   f"{rec.get('file', '?')} [{rec.get('budget', '?')}]); export with: zqtool export {q.dir}",
                   highlight=False, soft_wrap=True, markup=False)
@@ -309,18 +328,19 @@ def run(model: Path = ModelArg, data: Path = DataOpt, method: MethodChoice = Met
         parity_images: int = typer.Option(256, "--parity-images", help="Images for the torch-vs-ORT parity check (0: skip)."),
         arch: Optional[str] = ArchOpt, input_shape: Optional[str] = ShapeOpt, mean: Optional[str] = MeanOpt,
         std: Optional[str] = StdOpt, num_classes: Optional[int] = ClassesOpt, trust_pickle: bool = PickleOpt,
-        out: Path = OutOpt):
+        strict: bool = StrictOpt, out: Path = OutOpt):
     """All four stages: load → quantize → export → verify, plus the torch-vs-ORT parity check."""
     from .artifacts import Store
     from .pipeline import run as run_fn
     report = _run(run_fn, model, data, Store(out), method, bits, wbits, abits, first_last_bits, budget, recipe,
                   set_, seed, device, fmt, threads, limit, latency_runs, parity_images,
-                  _load_options(arch, input_shape, mean, std, num_classes, trust_pickle), target)
+                  _load_options(arch, input_shape, mean, std, num_classes, trust_pickle), target, strict)
     _write_json(json_path, report)
 
 
 def _run(run_fn, model, data, store, method, bits, wbits, abits, fl, budget, recipe, set_, seed, device, fmt,
-         threads, limit, latency_runs, parity_images, load_options, target=DEFAULT_TARGET) -> dict:
+         threads, limit, latency_runs, parity_images, load_options, target=DEFAULT_TARGET,
+         strict: bool = False) -> dict:
     from .verify import render_report
 
     def on_stage(name, result, cached, seconds):
@@ -333,7 +353,7 @@ def _run(run_fn, model, data, store, method, bits, wbits, abits, fl, budget, rec
                         latency_runs=latency_runs, parity_images=parity_images, store=store, progress=progress,
                         on_stage=on_stage,
                         **_quant_options(method, bits, wbits, abits, fl, budget, recipe, set_, seed, device,
-                                         target))
+                                         target, strict))
     out_console.print(render_report(report))
     q = report["quantize"]
     extra = f" (+{q['method_s'] - q['wall_s']:.1f} s to build reused cached artifacts)" if q.get("reused") else ""

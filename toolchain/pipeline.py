@@ -192,13 +192,16 @@ REWRITE_VERSION = 3
 
 def quantize_stage(fp: FPArtifact, *, method: str = "bnstat", scheme: QuantScheme | None = None,
                    budget: str = "cpu", recipe: str | Path | None = None, overrides: dict | None = None,
-                   seed: int = 0, device: str = "auto", store: Store | None = None,
+                   seed: int = 0, device: str = "auto", store: Store | None = None, strict: bool = False,
                    progress=null_progress) -> QArtifact:
     """Stage 2: zero-shot quantization with a registered method (cached by inputs + config + seed).
 
+    ``strict``: refuse a graph holding ops zqtool has no role for (else they run in float between
+    DequantizeLinear and QuantizeLinear and ``quant.json`` counts them under ``unknown_ops``).
+
     Raises:
         ConfigError (unknown method/setting, bad bits), UnsupportedModelError (e.g. no BatchNorm
-        for a method that needs BN statistics).
+        for a method that needs BN statistics; an unknown op under ``strict``).
     """
     store = store or Store()
     scheme = scheme or QuantScheme()
@@ -207,14 +210,19 @@ def quantize_stage(fp: FPArtifact, *, method: str = "bnstat", scheme: QuantSchem
     key = content_key({"stage": Q_STAGE, "fp": fp.key, "method": method, "config": cfg_dict,
                        "scheme": scheme.to_dict(), "seed": seed, "rewrite": REWRITE_VERSION})
     if store.done(Q_STAGE, key):
-        return QArtifact.open(store.path(Q_STAGE, key))
+        q = QArtifact.open(store.path(Q_STAGE, key))
+        if strict and read_json(q.dir / "quant.json").get("unknown_ops"):
+            from .quant.rewrite import quantize_graph
+            quantize_graph(fp.program(), scheme, strict=True)  # raises the error a fresh build raises
+        return q
 
     import torch
     from .methods.registry import MethodContext
     from .quant.rewrite import quantize_graph
 
     dev, program, teacher = _frozen_teacher(fp, cls, method, seed, device)
-    qmodel = quantize_graph(program, scheme).to(dev)
+    qmodel = quantize_graph(program, scheme, strict=strict).to(dev)
+    float_ops, unknown_ops = qmodel.float_ops, qmodel.unknown_ops
 
     reused: dict[str, float] = {}  # cached artifacts this run reused → seconds they took to build
     cached = _synth_cache(store, fp, seed, reused)
@@ -235,7 +243,8 @@ def quantize_stage(fp: FPArtifact, *, method: str = "bnstat", scheme: QuantSchem
         method_s = wall + sum(reused.values())
         write_json(d / "quant.json", {"method": method, "scheme": scheme.to_dict(), "recipe": recipe_used,
                                       "method_config": cfg_dict, "wall_s": wall, "method_s": method_s,
-                                      "reused": reused, "device": str(dev), "quantizers": qmodel.summary()})
+                                      "reused": reused, "device": str(dev), "float_ops": float_ops,
+                                      "unknown_ops": unknown_ops, "quantizers": qmodel.summary()})
         write_json(d / "log.json", {"wall_s": wall, "method_s": method_s, "recipe": recipe_used, **ctx.log})
     return QArtifact.open(store.path(Q_STAGE, key))
 
@@ -411,7 +420,7 @@ def parity_stage(q: QArtifact, onnx: OnnxArtifact, data: str | Path, *, n_images
 def run(model: str | Path, data: str | Path, *, load_options: dict | None = None, method: str = "bnstat",
         scheme: QuantScheme | None = None, budget: str = "cpu", recipe=None, overrides=None, seed: int = 0,
         device: str = "auto", fmt: str = "qdq", threads: int = 1, limit: int | None = None,
-        latency_runs: int = 50, parity_images: int = 256, store: Store | None = None,
+        latency_runs: int = 50, parity_images: int = 256, store: Store | None = None, strict: bool = False,
         progress=null_progress, on_stage=None) -> dict:
     """Chain load → quantize → export → verify (+ parity); every stage is cached.
 
@@ -438,7 +447,8 @@ def run(model: str | Path, data: str | Path, *, load_options: dict | None = None
     fp = timed("load", None, lambda: load_stage(model, store=store, progress=progress, **(load_options or {})))
     q = timed("quantize", None, lambda: quantize_stage(fp, method=method, scheme=scheme, budget=budget,
                                                         recipe=recipe, overrides=overrides, seed=seed,
-                                                        device=device, store=store, progress=progress))
+                                                        device=device, store=store, strict=strict,
+                                                        progress=progress))
     onnx = timed("export", None, lambda: export_stage(q, fmt=fmt, store=store, progress=progress))
     report = timed("verify", None, lambda: verify_stage(onnx, data, threads=threads, limit=limit,
                                                         latency_runs=latency_runs, store=store,
@@ -446,12 +456,18 @@ def run(model: str | Path, data: str | Path, *, load_options: dict | None = None
     parity = timed("parity", None, lambda: parity_stage(q, onnx, data, n_images=parity_images, store=store)) \
         if parity_images else None
     qlog = read_json(q.dir / "quant.json")
-    return {**report,
+    warnings_ = list(report.get("warnings", []))
+    if qlog.get("unknown_ops"):
+        from .quant.ops import format_counts
+        warnings_.append(f"ops with no quantized form ran in float between DequantizeLinear and QuantizeLinear: "
+                         f"{format_counts(qlog['unknown_ops'])} (--strict refuses them)")
+    return {**report, "warnings": warnings_,
             "quantize": {"method": method, "budget": budget, "recipe": qlog.get("recipe"),
                          "cached": cached_stages.get("quantize", False),
                          "scheme": q.scheme.to_dict(), "seed": seed,
                          "wall_s": qlog.get("wall_s"), "method_s": qlog.get("method_s"),
-                         "reused": qlog.get("reused", {}), "device": qlog.get("device")},
+                         "reused": qlog.get("reused", {}), "device": qlog.get("device"),
+                         "float_ops": qlog.get("float_ops", {}), "unknown_ops": qlog.get("unknown_ops", {})},
             "parity": parity,
             "artifacts": {"fp": str(fp.dir), "q": str(q.dir), "onnx": str(onnx.dir),
                           "qdq": str(onnx.qdq_path), "fp32": str(onnx.fp32_path)}}

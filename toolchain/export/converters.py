@@ -703,3 +703,28 @@ def _upsample_bilinear(ctx: ExportContext, node: fx.Node) -> Value:
     y = ctx.b.node("Resize", [ctx.float(node.args[0]), "", _resize_scales(ctx, node)], node.name, mode="linear",
                    coordinate_transformation_mode="align_corners" if align else "pytorch_half_pixel")
     return Value(float=y, origin=node.name)
+
+
+# --------------------------------------------------------------------------
+# ops with no role in the rewrite's vocabulary (reported as unknown, run in float)
+
+#: elementwise ATen ops with a same-meaning default-domain ONNX op
+GENERIC_FLOAT = {aten.abs.default: "Abs", aten.sqrt.default: "Sqrt", aten.log.default: "Log",
+                 aten.reciprocal.default: "Reciprocal", aten.erf.default: "Erf", aten.floor.default: "Floor",
+                 aten.ceil.default: "Ceil", aten.sin.default: "Sin", aten.cos.default: "Cos"}
+
+
+@converter(*GENERIC_FLOAT)
+def _generic_float(ctx: ExportContext, node: fx.Node) -> Value:
+    y = ctx.b.node(GENERIC_FLOAT[node.target], [ctx.float(node.args[0])], node.name)
+    return Value(float=y, origin=node.name)
+
+
+@converter(aten.leaky_relu.default, aten.elu.default)
+def _alpha_float(ctx: ExportContext, node: fx.Node) -> Value:
+    leaky = node.target is aten.leaky_relu.default
+    alpha = float(_arg(node, 1, "negative_slope" if leaky else "alpha", 0.01 if leaky else 1.0))
+    if not leaky and (float(_arg(node, 2, "scale", 1.0)) != 1.0 or float(_arg(node, 3, "input_scale", 1.0)) != 1.0):
+        raise UnsupportedModelError(f"node {node.name}: elu with scale/input_scale has no ONNX Elu form")
+    y = ctx.b.node("LeakyRelu" if leaky else "Elu", [ctx.float(node.args[0])], node.name, alpha=alpha)
+    return Value(float=y, origin=node.name)

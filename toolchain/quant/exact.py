@@ -35,7 +35,7 @@ from torch import fx
 
 from . import integer_kernels as K
 from . import ops
-from .float_ops import FLOAT_UNARY, ort_apply
+from .float_ops import FLOAT_UNARY, ort_apply, ort_node
 from .layers import QuantConv2d, QuantLinear, _QuantLayer
 from .model import QuantizedModel
 from .quantizers import _ActPerTensorFloat, clamp_absorbed
@@ -185,6 +185,8 @@ class ExactInterpreter(fx.Interpreter):
                 return a0.map(lambda t: target(t, *args[1:], **kwargs))
         if target in FLOAT_UNARY:  # onnxruntime's own float kernel: bit-identical to the QDQ model
             return ort_apply(FLOAT_UNARY[target], _materialize(a0))
+        if target in ops.BATCH_NORM:  # a BN not folded into a layer (pre-activation): ORT's kernel
+            return self._batch_norm(target, args)
         fargs = [_materialize(a) if not isinstance(a, (list, tuple)) else type(a)(_materialize(b) for b in a)
                  for a in args]
         return target(*fargs, **{k: _materialize(v) for k, v in kwargs.items()})
@@ -198,6 +200,17 @@ class ExactInterpreter(fx.Interpreter):
             return Codes(K.qlinear_add(a.q, a.scale, a.zero_point, b.q, b.scale, b.zero_point, scale, zp, qmax),
                          scale, zp, qmax)
         return Pending(requantize, lambda: a.dequantize() + b.dequantize(), "add")
+
+    def _batch_norm(self, target, args):
+        x, w, b, mean, var = (_materialize(a) for a in args[:5])
+        eps = float(args[7] if target is ops.aten.batch_norm.default else args[6])
+        c = x.shape[1]
+        w = torch.ones(c) if w is None else w
+        b = torch.zeros(c) if b is None else b
+        y = ort_node("BatchNormalization", [x, w, b, mean, var], epsilon=eps)
+        if target is ops.aten.batch_norm.default:
+            return y
+        return y, torch.empty(0), torch.empty(0)
 
     def _mul(self, a: Codes, b: Codes) -> Pending:
         def requantize(q):

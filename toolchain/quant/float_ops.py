@@ -53,19 +53,36 @@ FLOAT_UNARY: dict[object, OnnxUnary] = {
 
 
 @functools.lru_cache(maxsize=None)
-def _session(op: OnnxUnary):
+def _session(op_type: str, attrs: tuple, n_inputs: int):
     import onnxruntime as ort
     from onnx import TensorProto, helper
 
-    node = helper.make_node(op.op_type, ["x"], ["y"], **dict(op.attrs))
-    graph = helper.make_graph([node], op.op_type,
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
+    names = [f"x{i}" for i in range(n_inputs)]
+    node = helper.make_node(op_type, names, ["y"], **dict(attrs))
+    graph = helper.make_graph([node], op_type,
+                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in names],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     so = ort.SessionOptions()
     so.intra_op_num_threads = 1
     so.log_severity_level = 3
     return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+
+def ort_node(op_type: str, inputs: list[torch.Tensor], **attrs) -> torch.Tensor:
+    """One default-domain ONNX node (opset 13) run by onnxruntime's CPU kernel on float32 inputs.
+
+    Args:
+        op_type: e.g. ``"Sigmoid"``, ``"BatchNormalization"``.
+        inputs: float32 tensors (CPU), in the op's input order.
+        attrs: the node's attributes.
+
+    Returns:
+        The node's (first) output as a float32 tensor.
+    """
+    feeds = {f"x{i}": np.ascontiguousarray(t.detach().float().cpu().numpy()) for i, t in enumerate(inputs)}
+    sess = _session(op_type, tuple(sorted(attrs.items())), len(inputs))
+    return torch.from_numpy(sess.run(None, feeds)[0])
 
 
 def ort_apply(op: OnnxUnary, x: torch.Tensor) -> torch.Tensor:
@@ -78,6 +95,5 @@ def ort_apply(op: OnnxUnary, x: torch.Tensor) -> torch.Tensor:
     Returns:
         float32 tensor of x's shape; ``x · op(x)`` (one float32 product) when ``op.times_input``.
     """
-    xf = np.ascontiguousarray(x.detach().float().cpu().numpy())
-    y = torch.from_numpy(_session(op).run(None, {"x": xf})[0])
+    y = ort_node(op.op_type, [x], **dict(op.attrs))
     return x.float() * y if op.times_input else y

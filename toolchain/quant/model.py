@@ -31,6 +31,9 @@ class QuantizedModel(nn.Module):
         super().__init__()
         self.gm = gm
         self.scheme = scheme
+        #: op name → count of ops run in float by design / with no role in the vocabulary
+        self.float_ops: dict[str, int] = {}
+        self.unknown_ops: dict[str, int] = {}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.gm(x)

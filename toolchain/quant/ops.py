@@ -118,3 +118,46 @@ def functional_form(target):
     packet = getattr(aten, name[:-1], None)
     overload = target._overloadname
     return getattr(packet, overload, None) if packet is not None else None
+
+
+#: ops with a known place in the QDQ model that run in float between DequantizeLinear and
+#: QuantizeLinear (onnxruntime has no integer kernel for them, or not for this use)
+FLOAT = SMOOTH_ACTIVATION | BATCH_NORM | UPSAMPLE_BILINEAR | {
+    aten.sub.Tensor, aten.div.Tensor, aten.exp.default, aten.neg.default,
+    aten._softmax.default, aten.softmax.int, aten._log_softmax.default, aten.log_softmax.int}
+#: bookkeeping ops that carry no tensor arithmetic (tuple items, symbolic sizes)
+STRUCTURAL = {aten.sym_size.int}
+
+
+def op_name(target) -> str:
+    """A short readable name of an fx call target (``aten.hardswish.default`` → ``hardswish``)."""
+    if isinstance(target, torch._ops.OpOverload):
+        return target._schema.name.split("::", 1)[-1]
+    return getattr(target, "__name__", str(target))
+
+
+def op_census(gm) -> tuple[dict[str, int], dict[str, int]]:
+    """(float ops, unknown ops) of a graph: op name → count.
+
+    *float*: ops the QDQ model runs in float by design (:data:`FLOAT`, a product with a number);
+    *unknown*: ops with no role in this vocabulary — kept in float between DQ and Q too,
+    which the caller reports (or refuses under ``--strict``).
+    """
+    import operator
+    known = COMPUTE | ACTIVATION | TRANSPARENT_BASE | IDENTITY | PAD | STRUCTURAL | MUL
+    floats: dict[str, int] = {}
+    unknown: dict[str, int] = {}
+    for n in gm.graph.nodes:
+        if n.op != "call_function" or n.target is operator.getitem or \
+                (isinstance(n.target, type(operator.add)) and n.target.__module__ == "_operator"):
+            continue
+        if n.target in FLOAT or (n.target in MUL and not is_tensor_mul(n)):
+            floats[op_name(n.target)] = floats.get(op_name(n.target), 0) + 1
+        elif n.target not in known:
+            unknown[op_name(n.target)] = unknown.get(op_name(n.target), 0) + 1
+    return floats, unknown
+
+
+def format_counts(counts: dict[str, int]) -> str:
+    """``hardswish ×19, mul ×9`` (most frequent first)."""
+    return ", ".join(f"{k} ×{v}" for k, v in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))

@@ -338,21 +338,25 @@ def _feeds_only_output(n: fx.Node) -> bool:
     return all(u.op == "output" for u in n.users)
 
 
-def quantize_graph(program, scheme: QuantScheme) -> QuantizedModel:
+def quantize_graph(program, scheme: QuantScheme, *, strict: bool = False) -> QuantizedModel:
     """Build the quantized model of an FP program.
 
     Args:
         program: a ``torch.export.ExportedProgram`` (or an FP ``fx.GraphModule``) whose
             forward takes (N, C, H, W) float32 and returns logits.
         scheme: bit widths.
+        strict: refuse a graph with ops the vocabulary (:mod:`.ops`) does not know, instead of
+            running them in float between DequantizeLinear and QuantizeLinear.
 
     Returns:
         A :class:`QuantizedModel` whose quantizers are initialized (weights by per-channel
-        max|w|; activations to scale 1 — calibrate them before use).
+        max|w|; activations to scale 1 — calibrate them before use). ``float_ops`` /
+        ``unknown_ops`` (op name → count, :func:`.ops.op_census`) say what runs in float.
 
     Raises:
         UnsupportedModelError: the graph has no Conv/Linear layer, or a layer whose
-            weight is not a constant, or an op the rewrite cannot place.
+            weight is not a constant, or an op the rewrite cannot place; under ``strict``, an
+            op the vocabulary does not know.
     """
     gm = fp_graph_module(program)
     layers = _replace_layers(gm, scheme)
@@ -403,4 +407,10 @@ def quantize_graph(program, scheme: QuantScheme) -> QuantizedModel:
     gm.graph.eliminate_dead_code()
     gm.graph.lint()
     gm = fx.GraphModule(gm, gm.graph)
-    return QuantizedModel(gm, scheme)
+    qmodel = QuantizedModel(gm, scheme)
+    qmodel.float_ops, qmodel.unknown_ops = ops.op_census(gm)
+    if strict and qmodel.unknown_ops:
+        raise UnsupportedModelError(
+            f"--strict: zqtool has no quantized form for {ops.format_counts(qmodel.unknown_ops)}",
+            "drop --strict to run them in float between DequantizeLinear and QuantizeLinear")
+    return qmodel
