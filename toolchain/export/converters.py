@@ -37,7 +37,7 @@ from torch import fx
 from ..errors import UnsupportedModelError
 from ..quant import ops
 from ..quant.layers import QuantConv2d, QuantLinear, _QuantLayer
-from ..quant.float_ops import FLOAT_UNARY
+from ..quant.float_ops import FLOAT_UNARY, bilinear_resize_attrs
 from ..quant.quantizers import _ActPerTensorFloat, clamp_absorbed
 from .onnx_graph import GraphBuilder, Grid, Value
 
@@ -700,8 +700,8 @@ def _upsample_nearest(ctx: ExportContext, node: fx.Node) -> Value:
 @converter(*ops.UPSAMPLE_BILINEAR)
 def _upsample_bilinear(ctx: ExportContext, node: fx.Node) -> Value:
     align = bool(_arg(node, 2, "align_corners", False))
-    y = ctx.b.node("Resize", [ctx.float(node.args[0]), "", _resize_scales(ctx, node)], node.name, mode="linear",
-                   coordinate_transformation_mode="align_corners" if align else "pytorch_half_pixel")
+    y = ctx.b.node("Resize", [ctx.float(node.args[0]), "", _resize_scales(ctx, node)], node.name,
+                   **bilinear_resize_attrs(align))
     return Value(float=y, origin=node.name)
 
 

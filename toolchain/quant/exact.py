@@ -35,7 +35,7 @@ from torch import fx
 
 from . import integer_kernels as K
 from . import ops
-from .float_ops import FLOAT_UNARY, ort_apply, ort_node
+from .float_ops import FLOAT_UNARY, ort_apply, ort_bilinear_resize, ort_node
 from .layers import QuantConv2d, QuantLinear, _QuantLayer
 from .model import QuantizedModel
 from .quantizers import _ActPerTensorFloat, clamp_absorbed
@@ -187,6 +187,11 @@ class ExactInterpreter(fx.Interpreter):
             return ort_apply(FLOAT_UNARY[target], _materialize(a0))
         if target in ops.BATCH_NORM:  # a BN not folded into a layer (pre-activation): ORT's kernel
             return self._batch_norm(target, args)
+        if target in ops.UPSAMPLE_BILINEAR:
+            x = _materialize(a0)
+            out_hw = tuple(target(x[:1, :1], *args[1:], **kwargs).shape[-2:])
+            align = bool(args[2] if len(args) > 2 else kwargs.get("align_corners", False))
+            return ort_bilinear_resize(x, out_hw, align)
         fargs = [_materialize(a) if not isinstance(a, (list, tuple)) else type(a)(_materialize(b) for b in a)
                  for a in args]
         return target(*fargs, **{k: _materialize(v) for k, v in kwargs.items()})

@@ -52,6 +52,20 @@ FLOAT_UNARY: dict[object, OnnxUnary] = {
 }
 
 
+def bilinear_resize_attrs(align_corners: bool) -> dict:
+    """ONNX Resize attributes of torch's bilinear ``interpolate`` (``upsample_bilinear2d``)."""
+    return {"mode": "linear",
+            "coordinate_transformation_mode": "align_corners" if align_corners else "pytorch_half_pixel"}
+
+
+def ort_bilinear_resize(x: torch.Tensor, out_hw: tuple[int, int], align_corners: bool) -> torch.Tensor:
+    """Bilinear upsampling of (N, C, H, W) float32 ``x`` to ``out_hw`` by onnxruntime's Resize
+    (the node the exporter writes: scales [1, 1, oh/h, ow/w])."""
+    h, w = x.shape[-2:]
+    scales = torch.tensor([1.0, 1.0, out_hw[0] / h, out_hw[1] / w], dtype=torch.float32)
+    return ort_node("Resize", [x, torch.zeros(0), scales], **bilinear_resize_attrs(align_corners))
+
+
 @functools.lru_cache(maxsize=None)
 def _session(op_type: str, attrs: tuple, n_inputs: int):
     import onnxruntime as ort
