@@ -237,3 +237,34 @@ def test_minmax_ranges_propagate_through_every_family(family):
     qm = quantize_graph(_program(_model(FAMILIES[family])), QuantScheme.from_bits(8))
     ranges = set_ranges_from_bn(qm, (0.5,) * 3, (0.25,) * 3)
     assert ranges and all(lo < hi for lo, hi in ranges.values())
+
+
+class NoBatchNorm(nn.Module):
+    """SqueezeNet-like: convolutions and ReLUs, no BatchNorm."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.c2, self.c3 = nn.Conv2d(3, 8, 3, 2, 1), nn.Conv2d(8, 8, 1), nn.Conv2d(8, 10, 1)
+
+    def forward(self, x):
+        x = F.relu(self.c1(x))
+        x = torch.cat([F.relu(self.c2(x)), x], 1)[:, :8]
+        return F.adaptive_avg_pool2d(self.c3(x), 1).flatten(1)
+
+
+def test_bn_free_model_refused_by_bn_methods_naming_those_that_apply(tmp_path):
+    from typer.testing import CliRunner
+    from toolchain.cli import app
+    path = tmp_path / "nobn.pt2"
+    torch.manual_seed(0)
+    torch.export.save(_program(NoBatchNorm().eval()), path)
+    runner = CliRunner()
+    out = tmp_path / "runs"
+    res = runner.invoke(app, ["quantize", str(path), "--method", "bnstat", "--out", str(out)])
+    assert res.exit_code != 0
+    assert "needs BatchNorm statistics" in res.output and "--method minmax" in res.output
+    assert "Traceback" not in res.output
+    res = runner.invoke(app, ["quantize", str(path), "--method", "minmax", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    listing = runner.invoke(app, ["list", "methods"]).output
+    assert [ln.split()[1] for ln in listing.splitlines() if ln.startswith("  bnstat")] == ["[BN]"]

@@ -466,12 +466,14 @@ def list_(what: str = typer.Argument("all", help="archs, methods or all")):
             out_console.print(f"  {name:<14} input {tuple(a.input_shape)}  classes {a.num_classes}")
     if what in ("methods", "all"):
         from .methods.registry import get_method, list_methods
-        out_console.print("[bold]methods[/] (--method NAME; recipes/<name>.toml):")
+        out_console.print("[bold]methods[/] (--method NAME; recipes/<name>.toml; "
+                          "[BN] = reads BatchNorm statistics, refuses a model without BatchNorm):")
         for name in list_methods():
             doc = (sys.modules[get_method(name).__module__].__doc__ or "").strip()
             first = " ".join(doc.split("\n\n")[0].split()) if doc else ""  # the whole first paragraph
             first = re.sub(r"^``\w+``:\s*", "", first).replace("``", "")
-            out_console.print(f"  {name:<8} {first}", highlight=False)
+            tag = "[BN]" if get_method(name).needs_batchnorm else "    "
+            out_console.print(f"  {name:<8} {tag} {first}", highlight=False, markup=False)
 
 
 @app.command(epilog="Example: zqtool demo --bits 8")

@@ -176,7 +176,8 @@ def _frozen_teacher(fp: FPArtifact, cls, method: str, seed: int, device: str):
     dev = resolve_device(device)
     program = fp.program()
     if cls.needs_batchnorm:
-        require_batchnorm(program, method)
+        from .methods.registry import get_method, list_methods
+        require_batchnorm(program, method, tuple(m for m in list_methods() if not get_method(m).needs_batchnorm))
     seed_everything(seed)
     teacher = fp_graph_module(program).to(dev).eval()
     for p in teacher.parameters():

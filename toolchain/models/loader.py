@@ -254,16 +254,21 @@ def has_batchnorm(program: torch.export.ExportedProgram | torch.fx.GraphModule) 
     return any(_op_name(n) in BATCHNORM_OPS for n in program.graph.nodes)
 
 
-def require_batchnorm(program: torch.export.ExportedProgram | torch.fx.GraphModule, method: str) -> None:
+def require_batchnorm(program: torch.export.ExportedProgram | torch.fx.GraphModule, method: str,
+                      alternatives: tuple[str, ...] = ("minmax",)) -> None:
     """Raise unless the model has a BatchNorm layer whose statistics ``method`` can read.
+
+    Args:
+        alternatives: the methods that do not need BN statistics (named in the error).
 
     Raises:
         UnsupportedModelError: no BatchNorm op in the graph.
     """
     if not has_batchnorm(program):
+        names = ", ".join(f"--method {m}" for m in alternatives)
         raise UnsupportedModelError(
-            f"method {method} needs BatchNorm statistics; this model has no BatchNorm layer "
-            "— use minmax or another method that reads only the weights",
+            f"method {method} needs BatchNorm statistics and this model has no BatchNorm layer; "
+            f"methods that apply: {names}",
             "if the BatchNorms were folded into the convolutions, load the unfolded checkpoint",
         )
 
