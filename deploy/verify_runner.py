@@ -50,7 +50,8 @@ def _import_verify():
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Verify a zqtool QDQ ONNX model with onnxruntime.")
     ap.add_argument("model", help="quantized QDQ .onnx (exported by zqtool)")
-    ap.add_argument("--data", required=True, help=".npz (images uint8 NHWC, labels) or folder with labels.csv")
+    ap.add_argument("--data", required=True, help=".npz (images uint8 NHWC, labels) or folder with labels.csv; "
+                    "segmentation model: .npz of images, optionally masks (uint8 NxHxW, 255 = ignore)")
     ap.add_argument("--fp", default=None, help="FP32 reference .onnx (default: model.fp32.onnx beside MODEL)")
     ap.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads (0 = all cores)")
     ap.add_argument("--json", default=None, help="write the full report to this JSON file")

@@ -142,7 +142,8 @@ SetOpt = typer.Option(None, "--set", help="Override a method setting: --set iter
 SeedOpt = typer.Option(0, "--seed", help="Random seed (same seed → same quantized weights).")
 DeviceOpt = typer.Option("auto", "--device", help="Where the method runs.")
 FormatOpt = typer.Option("qdq", "--format", help="qdq (8-bit containers, integer kernels) or int4 (opset-21 INT4/UINT4).")
-DataOpt = typer.Option(..., "--data", help="Labelled eval data: .npz (images uint8 NHWC, labels) or a folder with labels.csv.")
+DataOpt = typer.Option(..., "--data", help="Labelled eval data: .npz (images uint8 NHWC, labels) or a folder with labels.csv; "
+                       "for a segmentation model an .npz of images, optionally with masks (uint8 N×H×W, 255 = ignore).")
 ThreadsOpt = typer.Option(1, "--threads", min=0, help="onnxruntime intra-op threads for accuracy and latency "
                                                        "(0 = onnxruntime's default: all cores).")
 JsonOpt = typer.Option(None, "--json", help="Write the report as JSON here.")

@@ -393,9 +393,12 @@ def compare(model: str | Path, data: str | Path, *, methods: Sequence[str], bits
     schemes = {b: QuantScheme.from_bits(b, first_last_bits=first_last_bits, target=target) for b in bits}
     for m in methods:  # every recipe and setting is checked before hours of work start
         method_config(m, budget, None, overrides[m])
-    open_eval_set(data, limit=limit)
     load_options = dict(load_options or {})
     fp = load_stage(model, store=store, **load_options)
+    if fp.meta.task != "classification":
+        raise ConfigError(f"compare ranks pairs by top-1 accuracy; this is a {fp.meta.task} model",
+                          "verify it with `zqtool run` / `zqtool verify` (pixel agreement and mIoU)")
+    open_eval_set(data, limit=limit, task=fp.meta.task)
     name = fp.meta.arch or Path(model).stem
 
     pairs = [(m, b) for m in methods for b in bits]

@@ -367,12 +367,14 @@ def export_stage(q: QArtifact, *, fmt: str = "qdq", store: Store | None = None,
 
 # --------------------------------------------------------------------------- stage 4
 def verify_stage(onnx: OnnxArtifact, data: str | Path, *, threads: int = 1, limit: int | None = None,
-                 latency_runs: int = 50, store: Store | None = None, progress=null_progress) -> dict:
-    """Stage 4 (cached): verify the QDQ model against its FP32 reference on labelled data."""
+                 latency_runs: int = 50, task: str | None = None, store: Store | None = None,
+                 progress=null_progress) -> dict:
+    """Stage 4 (cached): verify the QDQ model against its FP32 reference on labelled data
+    (``task``: the model card's; "segmentation" accepts an .npz of images with optional masks)."""
     from .data import open_eval_set
     from .verify import verify
     store = store or Store()
-    evalset = open_eval_set(data, limit=limit)
+    evalset = open_eval_set(data, limit=limit, task=task)
     key = content_key({"stage": VERIFY_STAGE, "onnx": onnx.key, "fmt": onnx.fmt, "data": evalset.fingerprint(),
                        "threads": threads, "limit": limit, "latency_runs": latency_runs})
     if store.done(VERIFY_STAGE, key):
@@ -397,12 +399,22 @@ def _verify_progress(progress):
     return hook
 
 
+#: most images the parity check of a segmentation model compares (memory: all output pixels of both runs)
+SEG_PARITY_IMAGES = 32
+
+
 def parity_stage(q: QArtifact, onnx: OnnxArtifact, data: str | Path, *, n_images: int = 256,
                  store: Store | None = None) -> dict:
-    """Torch simulation vs onnxruntime QDQ on the first ``n_images`` eval images (cached)."""
+    """Torch simulation vs onnxruntime QDQ on the first ``n_images`` eval images (cached).
+
+    A segmentation model is checked on at most :data:`SEG_PARITY_IMAGES` images: the comparison
+    holds every output pixel of both runs in memory (21×224×224 floats an image for LR-ASPP).
+    """
     store = store or Store()
+    if q.fp.meta.task == "segmentation":
+        n_images = min(n_images, SEG_PARITY_IMAGES)
     from .data import open_eval_set
-    evalset = open_eval_set(data, limit=n_images)
+    evalset = open_eval_set(data, limit=n_images, task=q.fp.meta.task)
     key = content_key({"stage": "parity", "onnx": onnx.key, "data": evalset.fingerprint(), "n": n_images})
     if store.done("parity", key):
         return read_json(store.path("parity", key) / "parity.json")
@@ -452,8 +464,8 @@ def run(model: str | Path, data: str | Path, *, load_options: dict | None = None
                                                         progress=progress))
     onnx = timed("export", None, lambda: export_stage(q, fmt=fmt, store=store, progress=progress))
     report = timed("verify", None, lambda: verify_stage(onnx, data, threads=threads, limit=limit,
-                                                        latency_runs=latency_runs, store=store,
-                                                        progress=progress))
+                                                        latency_runs=latency_runs, task=fp.meta.task,
+                                                        store=store, progress=progress))
     parity = timed("parity", None, lambda: parity_stage(q, onnx, data, n_images=parity_images, store=store)) \
         if parity_images else None
     qlog = read_json(q.dir / "quant.json")

@@ -96,7 +96,8 @@ def check_parity(qmodel: QuantizedModel, qdq_path: str | os.PathLike, inputs: to
     """Compare the torch simulation with onnxruntime on the same inputs.
 
     Args:
-        qmodel: the quantized model that was exported (run as is: its quantizers' modes apply).
+        qmodel: the quantized model that was exported (run as is: its quantizers' modes apply);
+            its output is (N, K) logits or (N, K, H, W) per-pixel logits.
         qdq_path: the exported ONNX file (qdq, int4 or fp32).
         inputs: (N, C, H, W) float32 inputs in the normalized input space.
         optimization: ``"off"`` (ORT_DISABLE_ALL), ``"on"`` (ORT_ENABLE_ALL), ``"both"`` (off and
@@ -109,8 +110,10 @@ def check_parity(qmodel: QuantizedModel, qdq_path: str | os.PathLike, inputs: to
         - ``reference``: the simulation compared with (``"fakequant"`` for ``off``, ``"exact"``
           — the integer-exact simulation — for the fused levels; ``"fakequant"`` throughout for
           an int4 or fp32 file, which onnxruntime runs in float);
-        - ``agreement_top1``: % of inputs whose argmax logit is the same;
-        - ``identical``: % of logits that are bit-identical;
+        - ``agreement_top1``: % of inputs whose argmax logit is the same; for a dense-prediction
+          (segmentation) model, whose outputs are (N, K, H, W), % of pixels whose argmax over the
+          K class logits is the same (``argmax(1)`` compares (N, H, W) class maps);
+        - ``identical``: % of logits (all N·K, or N·K·H·W, values) that are bit-identical;
         - ``max_abs_diff``: max |logits_ort − logits_torch| (float units);
         - ``max_diff_lsb`` / ``mean_diff_lsb``: max / mean of that difference in output LSBs
           (:func:`output_lsb`: the step of an 8-bit grid over the reference logits' range);

@@ -2,7 +2,10 @@
 
 :func:`verify` measures FP32 and quantized top-1/top-5 accuracy on labelled data,
 their top-1 agreement, batch-1 latency percentiles, file sizes, and which
-Conv/Gemm/MatMul nodes onnxruntime actually runs as integer kernels.
+Conv/Gemm/MatMul nodes onnxruntime actually runs as integer kernels. For a segmentation
+model (model card ``task="segmentation"``, (N, K, H, W) outputs) it measures per-pixel
+agreement and mIoU against the FP32 model, and with masks pixel accuracy and mIoU of both
+(:mod:`toolchain.verify.segmentation`).
 :func:`render_report` / :func:`report_text` turn the result into a table.
 
 Needs numpy and onnxruntime; Pillow to decode image folders; ``onnx`` optionally

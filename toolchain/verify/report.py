@@ -1,8 +1,20 @@
-"""Render a verify report (the dict :func:`~toolchain.verify.verify` returns) as a table."""
+"""Render a verify report (the dict :func:`~toolchain.verify.verify` returns) as a table.
+
+A classifier's report gets top-1/top-5 columns; a segmentation model's (one with a
+``segmentation`` section) gets pixel accuracy and mIoU against the masks, per-pixel agreement
+and mIoU against the FP32 model.
+"""
 
 from __future__ import annotations
 
 _COLUMNS = ("model", "top-1 %", "top-5 %", "agree %", "p50 ms", "p90 ms", "size", "integer convs")
+_SEG_COLUMNS = ("model", "pixel acc %", "mIoU %", "agree %", "mIoU vs FP32 %", "p50 ms", "p90 ms", "size",
+                "integer convs")
+
+
+def report_columns(report: dict) -> tuple[str, ...]:
+    """The table header: the classification columns, or the segmentation ones."""
+    return _SEG_COLUMNS if report.get("segmentation") else _COLUMNS
 
 
 def _pct(v) -> str:
@@ -31,9 +43,11 @@ def threads_text(threads) -> str:
 
 
 def report_rows(report: dict) -> list[tuple[str, ...]]:
-    """The table body: one row for FP32, one for the quantized model (strings)."""
+    """The table body: one row for FP32, one for the quantized model (strings), in the
+    columns of :func:`report_columns`."""
     lat = report.get("latency_ms") or {}
     ops = report.get("integer_ops") or {}
+    seg = report.get("segmentation")
     rows = []
     for key, label in (("fp32", "FP32"), ("quantized", "quantized")):
         acc = report.get(key) or {}
@@ -43,19 +57,39 @@ def report_rows(report: dict) -> list[tuple[str, ...]]:
             convs = f"{ops.get('conv_integer', '?')}/{ops.get('conv_total', '?')}" if ops else "—"
         else:
             agree, convs = "", "—"
-        rows.append((label, _pct(acc.get("top1")), _pct(acc.get("top5")), agree,
-                     _ms(ms.get("p50")), _ms(ms.get("p90")),
-                     format_bytes((report.get("bytes") or {}).get(key)), convs))
+        tail = (_ms(ms.get("p50")), _ms(ms.get("p90")), format_bytes((report.get("bytes") or {}).get(key)), convs)
+        if seg:
+            m = seg.get(key) or {}
+            vs_fp = _pct(seg.get("miou_vs_fp32")) if key == "quantized" else ""
+            rows.append((label, _pct(m.get("pixel_accuracy")), _pct(m.get("miou")), agree, vs_fp, *tail))
+        else:
+            rows.append((label, _pct(acc.get("top1")), _pct(acc.get("top5")), agree, *tail))
     return rows
 
 
+def _sample_line(report: dict) -> str:
+    """First footer line up to the latency: sample size and what the quality is measured against."""
+    seg = report.get("segmentation")
+    if not seg:
+        return (f"{report.get('n_images', '?')} images; quantized top-1 ± "
+                f"{report.get('top1_stderr', float('nan')):.2f} points (1 s.e.)")
+    hw = seg.get("output_hw") or ["?", "?"]
+    if seg.get("masks"):
+        truth = (f"pixel accuracy and mIoU against the masks ({seg.get('labelled_pixels', '?')} labelled "
+                 f"pixels, {seg.get('ignore_index', 255)} ignored)")
+    else:
+        truth = "no masks: quality measured against the FP32 model only"
+    return (f"{report.get('n_images', '?')} images, {seg.get('pixels', '?')} pixels per model "
+            f"({hw[0]}x{hw[1]} outputs, {seg.get('num_classes', '?')} classes); agree = per-pixel top-1; {truth}")
+
+
 def report_footer(report: dict) -> list[str]:
-    """Lines under the table: sample size and its standard error, runtime, float nodes, notes."""
+    """Lines under the table: sample size and its standard error (classifiers) or pixel counts and
+    the reference (segmentation), runtime, float nodes, notes."""
     lat = report.get("latency_ms") or {}
     ops = report.get("integer_ops") or {}
     lines = [
-        f"{report.get('n_images', '?')} images; quantized top-1 ± {report.get('top1_stderr', float('nan')):.2f} "
-        f"points (1 s.e.); latency at batch 1, {threads_text(lat.get('threads', '?'))}, "
+        f"{_sample_line(report)}; latency at batch 1, {threads_text(lat.get('threads', '?'))}, "
         f"{lat.get('runs', '?')} runs after {lat.get('warmup', '?')} warm-up",
         f"onnxruntime {report.get('ort_version', '?')} ({', '.join(report.get('providers') or [])}); "
         f"integer ops read from the {ops.get('inspected_level', '?')} graph",
@@ -76,8 +110,9 @@ def report_footer(report: dict) -> list[str]:
 
 def report_text(report: dict) -> str:
     """The report as a plain-text table (no dependencies), for logs and the device runner."""
-    rows = [_COLUMNS, *report_rows(report)]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(_COLUMNS))]
+    columns = report_columns(report)
+    rows = [columns, *report_rows(report)]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(columns))]
 
     def fmt(row: tuple[str, ...]) -> str:
         return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
@@ -102,7 +137,7 @@ def render_report(report: dict):
     except ImportError:
         return report_text(report)
     table = Table(title=f"zqtool verify — {(report.get('files') or {}).get('quantized', '')}")
-    for i, col in enumerate(_COLUMNS):
+    for i, col in enumerate(report_columns(report)):
         table.add_column(col, justify="left" if i == 0 else "right")
     for row in report_rows(report):
         table.add_row(*row)

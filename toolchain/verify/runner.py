@@ -1,4 +1,5 @@
-"""``verify``: evaluate a QDQ ONNX model against its FP32 reference on labelled data."""
+"""``verify``: evaluate a QDQ ONNX model against its FP32 reference on labelled data (classifiers),
+or on images with optional masks (segmentation models)."""
 
 from __future__ import annotations
 
@@ -10,19 +11,21 @@ from pathlib import Path
 import onnxruntime as ort
 
 from .. import __version__
+from ..data.npz import NpzEvalSet
 from ..data.opener import open_eval_set
-from ..data.protocol import EvalSet, check_batch_size, check_limit
+from ..data.protocol import IGNORE_INDEX, EvalSet, check_batch_size, check_limit
 from ..errors import ConfigError, InputFileError
 from .evaluate import ProgressFn, evaluate
 from .integer_ops import inspect_integer_ops
 from .latency import measure_latency
 from .machine import cpu_info, probe_int16_pair_saturation, saturation_risks, saturation_warning
 from .model_card import read_model_meta
+from .segmentation import DenseTally, class_iou
 from .session import Classifier
 
 #: the FP32 reference looked for beside the QDQ file when fp_path is not given
 DEFAULT_FP_NAME = "model.fp32.onnx"
-_CARD_FIELDS = ("input_shape", "mean", "std", "resize", "num_classes")
+_CARD_FIELDS = ("input_shape", "mean", "std", "resize", "num_classes", "task")
 
 
 def _count(name: str, value, minimum: int) -> int:
@@ -37,6 +40,14 @@ def verify(qdq_path: str | os.PathLike, data: str | os.PathLike | EvalSet, *,
            progress: ProgressFn | None = None) -> dict:
     """Measure a quantized model against its FP32 reference on onnxruntime (CPU EP).
 
+    The model card's ``task`` decides what is measured. A classifier ((N, K) logits) needs
+    labelled data: top-1/top-5 accuracy and per-image top-1 agreement. A segmentation model
+    ((N, K, H', W') per-pixel logits) takes an ``.npz`` of images alone or with ``masks``
+    (uint8 N×H×W, 255 = ignore, pixel-aligned with the raw images and given their resize/crop,
+    nearest-neighbour): per-pixel top-1 agreement with FP32 and the mIoU of the quantized
+    prediction against the FP32 one; with masks also pixel accuracy and mIoU of both models
+    (confusion matrices summed over the whole set; see :mod:`toolchain.verify.segmentation`).
+
     Accuracy: both models see the same preprocessed batches (preprocessing from the
     model card in the QDQ file's metadata), sessions at ORT_ENABLE_ALL with
     ``intra_op_num_threads=threads``. Latency: batch 1, ``warmup`` untimed then
@@ -46,7 +57,8 @@ def verify(qdq_path: str | os.PathLike, data: str | os.PathLike | EvalSet, *,
 
     Args:
         qdq_path: the quantized QDQ .onnx model carrying a zqtool model card.
-        data: eval data path (.npz, image folder) or an EvalSet.
+        data: eval data path (.npz, image folder) or an EvalSet (for a segmentation model: an
+            .npz with ``images`` and optional ``masks``, or an EvalSet with a ``masks`` attribute).
         fp_path: the FP32 reference; default ``model.fp32.onnx`` beside ``qdq_path`` if
             it exists, else none (FP32 accuracy and agreement are then null).
         threads: onnxruntime intra-op threads (0 = its default, all cores).
@@ -62,11 +74,12 @@ def verify(qdq_path: str | os.PathLike, data: str | os.PathLike | EvalSet, *,
     Returns:
         a JSON-serializable dict; percentages are floats in 0..100, times in ms::
 
-            fp32: {top1, top5}  (null values without an FP32 model)
-            quantized: {top1, top5}
-            agreement_top1      % of images with the same top-1 class in both (null w/o FP32)
-            top1_drop           fp32.top1 - quantized.top1, points (null w/o FP32)
-            top1_stderr         100*sqrt(p(1-p)/n) of the quantized top-1, points
+            fp32: {top1, top5}  (null values without an FP32 model; null for segmentation)
+            quantized: {top1, top5}         (null values for segmentation)
+            agreement_top1      % of images with the same top-1 class in both (null w/o FP32);
+                                segmentation: % of pixels (argmax over K), = segmentation.pixel_agreement
+            top1_drop           fp32.top1 - quantized.top1, points (null w/o FP32; null for segmentation)
+            top1_stderr         100*sqrt(p(1-p)/n) of the quantized top-1, points (null for segmentation)
             n_images
             latency_ms: {threads, batch_size, warmup, runs,
                          fp32: {p50, p90, mean, min, runs} | null, quantized: {...} | null}
@@ -83,11 +96,23 @@ def verify(qdq_path: str | os.PathLike, data: str | os.PathLike | EvalSet, *,
                                 (null: onnx not installed), and whether this CPU is exact for them
             warnings (list of strings: e.g. saturation on this CPU),
             data_fingerprint, settings, notes (list of strings), zqtool_version, wall_s
+            segmentation (only for a segmentation model; % in 0..100):
+                {num_classes, output_hw: [H', W'], pixels (n_images*H'*W'),
+                 pixel_agreement     % of pixels with the same class in both (null w/o FP32),
+                 miou_vs_fp32        mIoU of the quantized prediction vs the FP32 one, % (null w/o FP32),
+                 class_iou_vs_fp32   per-class IoU vs FP32, % (null for a class in neither; list null w/o FP32),
+                 masks               whether the data had masks, ignore_index (255),
+                 labelled_pixels     mask pixels != 255 (null w/o masks),
+                 fp32: {pixel_accuracy, miou}, quantized: {pixel_accuracy, miou}
+                                     vs the masks, % (null values w/o masks; fp32 also w/o FP32),
+                 miou_drop           fp32.miou - quantized.miou, points (null unless both)}
 
     Raises:
         InputFileError: a model is missing, unloadable, has no zqtool model card, or
             does not match the card / the other model.
-        DataError: the data is missing or malformed, or does not fit the model.
+        DataError: the data is missing or malformed, or does not fit the model (a classifier
+            and no labels; a segmentation model and masks whose size after preprocessing is not
+            the output's H'×W', or an eval set without masks support such as an image folder).
         ConfigError: a bad option value.
     """
     t_start = time.perf_counter()
@@ -101,7 +126,8 @@ def verify(qdq_path: str | os.PathLike, data: str | os.PathLike | EvalSet, *,
     qdq_path = Path(qdq_path)
     quantized = Classifier(qdq_path, threads)
     meta = read_model_meta(quantized.metadata, qdq_path)
-    quantized.expect(meta.input_shape, meta.num_classes)
+    quantized.expect(meta.input_shape, meta.num_classes, meta.task)
+    segmentation = meta.task == "segmentation"
 
     fp = None
     if fp_path is None:
@@ -117,11 +143,11 @@ def verify(qdq_path: str | os.PathLike, data: str | os.PathLike | EvalSet, *,
             raise InputFileError(f"FP32 reference model not found: {fp_path}", "check the --fp path")
         fp = Classifier(fp_path, threads)
         _check_same_card(fp, meta, fp_path)
-        fp.expect(meta.input_shape, meta.num_classes)
+        fp.expect(meta.input_shape, meta.num_classes, meta.task)
 
     if isinstance(data, (str, os.PathLike)):
         data_desc = os.fspath(data)
-        data = open_eval_set(data, limit)
+        data = open_data(data, limit, meta.task)
     else:
         if not all(hasattr(data, a) for a in ("batches", "labels", "__len__")):
             raise ConfigError(f"data must be a path or an EvalSet, got {type(data).__name__}")
@@ -162,16 +188,23 @@ def verify(qdq_path: str | os.PathLike, data: str | os.PathLike | EvalSet, *,
     risks = saturation_risks(qdq_path)
     warnings = [w for w in (saturation_warning(risks, saturates, cpu),) if w]
 
-    q_acc = result.tallies["quantized"].percent()
-    fp_acc = result.tallies["fp32"].percent() if fp is not None else {"top1": None, "top5": None}
-    p = q_acc["top1"] / 100.0
-    agreement = None if result.agree is None else 100.0 * result.agree / n
-    return {
+    if segmentation:
+        seg = _segmentation_block(result.dense, notes)
+        q_acc, fp_acc = {"top1": None, "top5": None}, {"top1": None, "top5": None}
+        agreement, top1_drop, top1_stderr = seg["pixel_agreement"], None, None
+    else:
+        q_acc = result.tallies["quantized"].percent()
+        fp_acc = result.tallies["fp32"].percent() if fp is not None else {"top1": None, "top5": None}
+        p = q_acc["top1"] / 100.0
+        agreement = None if result.agree is None else 100.0 * result.agree / n
+        top1_drop = None if fp is None else fp_acc["top1"] - q_acc["top1"]
+        top1_stderr = 100.0 * math.sqrt(p * (1.0 - p) / n)
+    report = {
         "fp32": fp_acc,
         "quantized": q_acc,
         "agreement_top1": agreement,
-        "top1_drop": None if fp is None else fp_acc["top1"] - q_acc["top1"],
-        "top1_stderr": 100.0 * math.sqrt(p * (1.0 - p) / n),
+        "top1_drop": top1_drop,
+        "top1_stderr": top1_stderr,
         "n_images": n,
         "latency_ms": {"threads": threads, "batch_size": 1, "warmup": warmup, "runs": latency_runs,
                        "fp32": lat_fp, "quantized": lat_q},
@@ -193,6 +226,49 @@ def verify(qdq_path: str | os.PathLike, data: str | os.PathLike | EvalSet, *,
         "notes": notes,
         "zqtool_version": __version__,
         "wall_s": time.perf_counter() - t_start,
+    }
+    if segmentation:
+        report["segmentation"] = seg
+    return report
+
+
+def open_data(path: str | os.PathLike, limit: int | None, task: str = "classification") -> EvalSet:
+    """Open eval data for a model of ``task``: for a segmentation model a file (not a ``.csv``) is
+    read as an ``.npz`` whose ``labels``/``masks`` are optional (:class:`~toolchain.data.NpzEvalSet`
+    with ``task="segmentation"``); anything else goes through :func:`~toolchain.data.open_eval_set`.
+
+    Raises:
+        DataError: as the readers; ConfigError: a bad limit.
+    """
+    p = Path(path)
+    if task == "segmentation" and p.is_file() and p.suffix.lower() != ".csv":
+        return NpzEvalSet(p, limit, task="segmentation")
+    return open_eval_set(p, limit)
+
+
+def _segmentation_block(tally: DenseTally, notes: list[str]) -> dict:
+    """The report's ``segmentation`` section (see :func:`verify`); appends notes on what was not measured."""
+    masks = bool(tally.vs_masks)
+    q, f = tally.against_masks("quantized"), tally.against_masks("fp32")
+    miou_drop = None if f["miou"] is None or q["miou"] is None else f["miou"] - q["miou"]
+    if not masks:
+        notes.append("no masks in the eval data: pixel accuracy and mIoU against ground truth not computed "
+                     "(the FP32 model is the reference)")
+    per_class = None if tally.vs_fp32 is None else [
+        None if v != v else 100.0 * float(v) for v in class_iou(tally.vs_fp32)]
+    return {
+        "num_classes": tally.num_classes,
+        "output_hw": list(tally.output_hw) if tally.output_hw else None,
+        "pixels": tally.n_pixels,
+        "pixel_agreement": tally.pixel_agreement(),
+        "miou_vs_fp32": tally.miou_vs_fp32(),
+        "class_iou_vs_fp32": per_class,
+        "masks": masks,
+        "ignore_index": IGNORE_INDEX,
+        "labelled_pixels": tally.labelled_pixels if masks else None,
+        "fp32": f,
+        "quantized": q,
+        "miou_drop": miou_drop,
     }
 
 

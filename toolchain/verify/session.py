@@ -1,4 +1,4 @@
-"""An onnxruntime session around a classifier: options, I/O names, batching."""
+"""An onnxruntime session around a classifier or a segmentation model: options, I/O names, batching."""
 
 from __future__ import annotations
 
@@ -46,10 +46,12 @@ def create_session(path: str | Path, so: ort.SessionOptions) -> ort.InferenceSes
 
 
 class Classifier:
-    """An image classifier on onnxruntime: first graph input → first output (logits).
+    """An image model on onnxruntime: first graph input → first output (logits).
 
-    Handles a dynamic batch dimension (any batch size per call) and a static one
-    (e.g. 1: the batch is run in chunks of that size, the last chunk padded).
+    A classifier outputs (N, K) logits; a segmentation model (``task="segmentation"`` in
+    :meth:`expect`) outputs (N, K, H', W') per-pixel logits. Handles a dynamic batch dimension
+    (any batch size per call) and a static one (e.g. 1: the batch is run in chunks of that
+    size, the last chunk padded).
 
     Args:
         path: the .onnx file.
@@ -66,6 +68,8 @@ class Classifier:
         self.input_name = inp.name
         self.output_name = self.session.get_outputs()[0].name
         self.num_classes: int | None = None
+        #: "classification" or "segmentation" (set by :meth:`expect`)
+        self.task = "classification"
         if inp.type not in _INPUT_DTYPES:
             raise InputFileError(f"{self.path}: input {inp.name!r} is {inp.type}, expected a float tensor",
                                  "export an image classifier with a float NCHW input")
@@ -84,12 +88,13 @@ class Classifier:
         """The model's ``metadata_props`` (string → string)."""
         return dict(self.session.get_modelmeta().custom_metadata_map)
 
-    def expect(self, input_shape: tuple[int, int, int], num_classes: int) -> None:
-        """Check the model against a model card: static input dims must equal (C, H, W) and a
-        static last output dim ``num_classes`` (``logits`` checks the actual output too).
+    def expect(self, input_shape: tuple[int, int, int], num_classes: int, task: str = "classification") -> None:
+        """Check the model against a model card: static input dims must equal (C, H, W); the
+        output must be (N, num_classes) for a classifier, (N, num_classes, H', W') for a
+        segmentation model (static dims checked here; ``logits`` checks the actual output too).
 
         Raises:
-            InputFileError: a static dim differs from the card.
+            InputFileError: a static dim or the output's rank differs from the card.
         """
         for got, want in zip(self.input_shape[1:], input_shape):
             if isinstance(got, int) and got > 0 and got != want:
@@ -98,13 +103,26 @@ class Classifier:
                     f"says (C, H, W) = {tuple(input_shape)}",
                     "use the ONNX files and model card from the same export")
         out = self.session.get_outputs()[0]
-        k = out.shape[-1] if out.shape else None
+        shape = list(out.shape) if out.shape else []
+        if task == "segmentation":
+            if shape and len(shape) != 4:
+                raise InputFileError(
+                    f"{self.path}: output {out.name!r} has shape {shape} but the model card says segmentation, "
+                    f"which outputs (N, {num_classes}, H, W) per-pixel logits",
+                    "use the ONNX files and model card from the same export")
+            k = shape[1] if shape else None
+        else:
+            k = shape[-1] if shape else None
         if isinstance(k, int) and k > 0 and k != num_classes:
+            dense = (task != "segmentation" and len(shape) == 4 and shape[1] == num_classes
+                     and " (an (N, K, H, W) output is a segmentation model: its card needs task \"segmentation\")"
+                     or "")
             raise InputFileError(
-                f"{self.path}: output {out.name!r} has shape {list(out.shape)} but the model card says "
-                f"{num_classes} classes",
+                f"{self.path}: output {out.name!r} has shape {shape} but the model card says "
+                f"{num_classes} classes{dense}",
                 "use the ONNX files and model card from the same export")
         self.num_classes = int(num_classes)
+        self.task = task
 
     @property
     def providers(self) -> list[str]:
@@ -131,10 +149,11 @@ class Classifier:
             x: float32 (B, C, H, W).
 
         Returns:
-            float32 logits (B, num_classes).
+            float32 logits: (B, num_classes) for a classifier, (B, num_classes, H', W') for a
+            segmentation model.
 
         Raises:
-            InputFileError: the output is not (B, num_classes).
+            InputFileError: the output is not of that shape.
         """
         b = self.static_batch
         if b is None:
@@ -143,12 +162,24 @@ class Classifier:
             parts = [self._run(self.pad_batch(x[i:i + b]))[: len(x[i:i + b])] for i in range(0, len(x), b)]
             out = np.concatenate(parts)
         out = np.asarray(out, dtype=np.float32)
+        k = self.num_classes
+        if self.task == "segmentation":
+            if out.ndim != 4 or out.shape[0] != len(x) or (k is not None and out.shape[1] != k):
+                raise InputFileError(
+                    f"{self.path}: output {self.output_name!r} has shape {tuple(out.shape)} for a batch of {len(x)}, "
+                    f"expected ({len(x)}, {k}, H, W) per-pixel logits",
+                    "the first output must be the per-pixel logits; use the ONNX files and model card "
+                    "from the same export")
+            return out
+        shape = tuple(out.shape)
         if out.ndim != 2 and out.ndim >= 1 and out.shape[0] == len(x):
             out = out.reshape(len(x), -1)
-        k = self.num_classes
         if out.ndim != 2 or out.shape[0] != len(x) or (k is not None and out.shape[1] != k):
+            dense = (len(shape) == 4 and k is not None and shape[1] == k
+                     and " (an (N, K, H, W) output is a segmentation model: its card needs task \"segmentation\")"
+                     or "")
             raise InputFileError(
-                f"{self.path}: output {self.output_name!r} has shape {tuple(out.shape)} for a batch of {len(x)}, "
-                f"expected ({len(x)}, {self.num_classes})",
+                f"{self.path}: output {self.output_name!r} has shape {shape} for a batch of {len(x)}, "
+                f"expected ({len(x)}, {self.num_classes}){dense}",
                 "the first output must be the logits; use the ONNX files and model card from the same export")
         return out
