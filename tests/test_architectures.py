@@ -268,3 +268,13 @@ def test_bn_free_model_refused_by_bn_methods_naming_those_that_apply(tmp_path):
     assert res.exit_code == 0, res.output
     listing = runner.invoke(app, ["list", "methods"]).output
     assert [ln.split()[1] for ln in listing.splitlines() if ln.startswith("  bnstat")] == ["[BN]"]
+
+
+def test_segmentation_model_refused_by_methods_that_train_on_class_logits(tmp_path):
+    from typer.testing import CliRunner
+    from toolchain.cli import app
+    path = tmp_path / "seg.pt2"
+    torch.export.save(_program(_model(Seg)), path)
+    res = CliRunner().invoke(app, ["quantize", str(path), "--method", "zaq", "--out", str(tmp_path / "runs")])
+    assert res.exit_code != 0 and "Traceback" not in res.output
+    assert "trains on class logits" in res.output and "--method bnstat" in res.output

@@ -468,12 +468,14 @@ def list_(what: str = typer.Argument("all", help="archs, methods or all")):
     if what in ("methods", "all"):
         from .methods.registry import get_method, list_methods
         out_console.print("[bold]methods[/] (--method NAME; recipes/<name>.toml; "
-                          "[BN] = reads BatchNorm statistics, refuses a model without BatchNorm):")
+                          "[BN] = reads BatchNorm statistics, refuses a model without BatchNorm; "
+                          "[cls] = trains on class logits, refuses a segmentation model):")
         for name in list_methods():
             doc = (sys.modules[get_method(name).__module__].__doc__ or "").strip()
             first = " ".join(doc.split("\n\n")[0].split()) if doc else ""  # the whole first paragraph
             first = re.sub(r"^``\w+``:\s*", "", first).replace("``", "")
-            tag = "[BN]" if get_method(name).needs_batchnorm else "    "
+            m = get_method(name)
+            tag = f"{'[BN]' if m.needs_batchnorm else '':<4} {'[cls]' if m.needs_class_logits else '':<5}"
             out_console.print(f"  {name:<8} {tag} {first}", highlight=False, markup=False)
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .artifacts import Store, content_key, file_sha256, read_json, write_json
-from .errors import ConfigError, InputFileError
+from .errors import ConfigError, InputFileError, UnsupportedModelError
 from .models.meta import ModelMeta
 from .progress import null_progress
 from .quant.scheme import QuantScheme
@@ -175,8 +175,13 @@ def _frozen_teacher(fp: FPArtifact, cls, method: str, seed: int, device: str):
     from .quant.rewrite import fp_graph_module
     dev = resolve_device(device)
     program = fp.program()
+    from .methods.registry import get_method, list_methods
+    if cls.needs_class_logits and fp.meta.task != "classification":
+        dense = ", ".join(f"--method {m}" for m in list_methods() if not get_method(m).needs_class_logits)
+        raise UnsupportedModelError(
+            f"method {method} trains on class logits and this is a {fp.meta.task} model "
+            f"(per-pixel output); methods that apply: {dense}")
     if cls.needs_batchnorm:
-        from .methods.registry import get_method, list_methods
         require_batchnorm(program, method, tuple(m for m in list_methods() if not get_method(m).needs_batchnorm))
     seed_everything(seed)
     teacher = fp_graph_module(program).to(dev).eval()

@@ -269,6 +269,7 @@ class GZNQ(Method):
     """
 
     needs_batchnorm = True
+    needs_class_logits = True
 
     @dataclass(frozen=True)
     class Config(GZNQSynthesisConfig):

@@ -108,6 +108,7 @@ class LRQ(Method):
     """LRQ (see the module docstring for the method and every unconfirmed choice)."""
 
     needs_batchnorm = True
+    needs_class_logits = True
 
     @dataclass(frozen=True)
     class Config(StudentConfig):

@@ -136,6 +136,9 @@ class Method:
     name: ClassVar[str] = ""
     #: whether the method reads BN statistics of the FP model (checked before running)
     needs_batchnorm: ClassVar[bool] = False
+    #: whether its losses read (N, num_classes) class logits (distillation, class-conditional
+    #: generators): such a method does not take a segmentation model's per-pixel output
+    needs_class_logits: ClassVar[bool] = False
 
     @dataclass(frozen=True)
     class Config:

@@ -68,6 +68,7 @@ def multistep(optimizer, rounds: int, gamma: float = 0.1):
 @register_method("zaq")
 class ZAQ(Method):
     needs_batchnorm = False
+    needs_class_logits = True
 
     @dataclass(frozen=True)
     class Config(StudentConfig):
