@@ -476,7 +476,7 @@ def list_(what: str = typer.Argument("all", help="archs, methods or all")):
             first = re.sub(r"^``\w+``:\s*", "", first).replace("``", "")
             m = get_method(name)
             tag = f"{'[BN]' if m.needs_batchnorm else '':<4} {'[cls]' if m.needs_class_logits else '':<5}"
-            out_console.print(f"  {name:<8} {tag} {first}", highlight=False, markup=False)
+            out_console.print(f"  {name:<8} {tag} {first}", highlight=False, markup=False, soft_wrap=True)
 
 
 @app.command(epilog="Example: zqtool demo --bits 8")

@@ -398,9 +398,19 @@ def _binary(onnx_op: str):
 
 
 converter(*ops.ADD)(_binary("Add"))
-converter(aten.sub.Tensor)(_binary("Sub"))
-converter(aten.mul.Tensor)(_binary("Mul"))
-converter(aten.div.Tensor)(_binary("Div"))
+converter(aten.sub.Tensor, aten.sub.Scalar)(_binary("Sub"))
+converter(aten.mul.Tensor, aten.mul.Scalar)(_binary("Mul"))
+converter(aten.div.Tensor, aten.div.Scalar)(_binary("Div"))
+
+
+@converter(*ops.RSUB)
+def _rsub(ctx: ExportContext, node: fx.Node) -> Value:
+    """rsub(x, other, alpha) = other − alpha · x."""
+    x, other = ctx.operand(node.args[0]), ctx.operand(node.args[1])
+    alpha = float(node.kwargs.get("alpha", node.args[2] if len(node.args) > 2 else 1))
+    if alpha != 1:
+        x = ctx.b.node("Mul", [x, ctx.b.const(alpha, "float32")], f"{node.name}.alpha")
+    return Value(float=ctx.b.node("Sub", [other, x], node.name), origin=node.name)
 
 
 @converter(*ops.CAT)

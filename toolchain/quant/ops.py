@@ -43,6 +43,11 @@ UPSAMPLE_NEAREST = {aten.upsample_nearest2d.vec, aten.upsample_nearest2d.default
 UPSAMPLE_BILINEAR = {aten.upsample_bilinear2d.vec, aten.upsample_bilinear2d.default}
 #: elementwise product of two tensors (squeeze-excitation's channel gate): QLinearMul
 MUL = {aten.mul.Tensor}
+#: arithmetic with a number or a second tensor that runs in float
+MUL_SCALAR = {aten.mul.Scalar}
+SUB = {aten.sub.Tensor, aten.sub.Scalar}
+RSUB = {aten.rsub.Scalar, aten.rsub.Tensor}
+DIV = {aten.div.Tensor, aten.div.Scalar}
 #: smooth activations onnxruntime runs in float between DequantizeLinear and QuantizeLinear
 #: (Sigmoid becomes QLinearSigmoid, a lookup table, when a QuantizeLinear follows it)
 HARDSWISH = {aten.hardswish.default}
@@ -122,8 +127,8 @@ def functional_form(target):
 
 #: ops with a known place in the QDQ model that run in float between DequantizeLinear and
 #: QuantizeLinear (onnxruntime has no integer kernel for them, or not for this use)
-FLOAT = SMOOTH_ACTIVATION | BATCH_NORM | UPSAMPLE_BILINEAR | {
-    aten.sub.Tensor, aten.div.Tensor, aten.exp.default, aten.neg.default,
+FLOAT = SMOOTH_ACTIVATION | BATCH_NORM | UPSAMPLE_BILINEAR | SUB | RSUB | DIV | MUL_SCALAR | {
+    aten.exp.default, aten.neg.default,
     aten._softmax.default, aten.softmax.int, aten._log_softmax.default, aten.log_softmax.int}
 #: bookkeeping ops that carry no tensor arithmetic (tuple items, symbolic sizes)
 STRUCTURAL = {aten.sym_size.int}
