@@ -43,6 +43,23 @@ def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
 
 
 @contextlib.contextmanager
+def atomic_dir(path: str | Path):
+    """Yield a temporary folder beside ``path`` to fill; on success it becomes ``path`` (an empty
+    folder there is replaced), on any exception it is removed and nothing is left at ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    try:
+        yield tmp
+        if path.is_dir():
+            path.rmdir()  # only an empty folder: callers refuse a non-empty one
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+@contextlib.contextmanager
 def atomic_path(path: str | Path):
     """Yield a temporary path beside ``path`` to write; on success it replaces ``path``
     (os.replace), on any exception it is removed and ``path`` is left as it was."""

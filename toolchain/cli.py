@@ -19,7 +19,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from .errors import ConfigError, ZqError
+from .errors import ConfigError, InputFileError, ZqError
 from .targets import DEFAULT_TARGET, TARGETS
 
 app = typer.Typer(
@@ -298,6 +298,45 @@ def export(run_dir: Path = typer.Argument(..., help="A quantize run directory (p
                       "(smaller file, slower than FP32); use --format qdq for integer kernels")
     console.print(f"verify with: zqtool verify {art.qdq_path} --data DATA")
     typer.echo(str(art.qdq_path))
+
+
+@app.command(epilog="Example: zqtool bundle runs/onnx/<key> --out pi-bundle --data test.npz --target arm64 --ort")
+@handle_errors
+def bundle(source: Path = typer.Argument(..., help="A quantize run, an export directory or a .qdq.onnx file."),
+           out: Path = typer.Option(..., "--out", help="New folder to write the bundle into."),
+           data: Optional[Path] = typer.Option(None, "--data", help="Eval data to include (.npz or a folder with "
+                                               "labels.csv)."),
+           target: Optional[TargetChoice] = typer.Option(
+               None, "--target", help="The device's CPU family; checked against the target the model was "
+                                      "quantized for (portable fits every CPU)."),
+           ort: bool = typer.Option(False, "--ort", help="Also write model.qdq.ort (onnxruntime's ORT format, "
+                                    "converted for the target's platform).")):
+    """Write a device bundle: the models, a torch-free verifier (verify.pyz) and the one command to run."""
+    from .bundle import write_bundle
+    qdq = _qdq_of(source)
+    b = write_bundle(qdq, out, data=data, target=None if target is None else target.value, ort=ort)
+    console.print(f"bundle for target {b.target}: " + ", ".join(f"{n} ({_size(v)})" for n, v in b.files.items()),
+                  highlight=False, soft_wrap=True, markup=False)
+    console.print(f"on the device: cd {out.name} && {b.command}", highlight=False, soft_wrap=True, markup=False)
+    typer.echo(str(b.dir))
+
+
+def _size(n: int) -> str:
+    return f"{n / 2 ** 20:.1f} MiB" if n >= 2 ** 20 else f"{n / 2 ** 10:.0f} KiB"
+
+
+def _qdq_of(source: Path) -> Path:
+    """The QDQ file of a bundle source: the file itself, an export dir's, or a quantize run's (exported)."""
+    from .pipeline import QArtifact, export_stage
+    from .artifacts import Store
+    if source.is_file():
+        return source
+    if (source / "model.qdq.onnx").is_file():
+        return source / "model.qdq.onnx"
+    if (source / "quantized.pt").is_file():
+        return export_stage(QArtifact.open(source), store=Store(source.resolve().parent.parent)).qdq_path
+    raise InputFileError(f"{source} is neither a .qdq.onnx file, an export directory nor a quantize run",
+                         "pass what `zqtool quantize` or `zqtool export` printed")
 
 
 @app.command(epilog="Example: zqtool verify runs/onnx/<key>/model.qdq.onnx --data test.npz --threads 4 --json report.json")

@@ -191,14 +191,18 @@ def saturation_risks(model_path: str | os.PathLike) -> list[SaturationRisk] | No
 
     Returns:
         The risky nodes in graph order (empty when none), or None when the ``onnx`` package is
-        not installed (the device verifier may run without it).
+        not installed (the device verifier may run without it) or the file is not an ONNX
+        protobuf (an ORT-format ``.ort`` model).
     """
     try:
         import numpy as np
         import onnx
     except ImportError:
         return None
-    m = onnx.load(os.fspath(model_path), load_external_data=False)
+    try:
+        m = onnx.load(os.fspath(model_path), load_external_data=False)
+    except Exception:  # an .ort flatbuffer, or anything onnx cannot parse: no graph to read
+        return None
     g = m.graph
     init = {t.name: t for t in g.initializer}
     producer = {o: n for n in g.node for o in n.output}
