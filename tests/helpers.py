@@ -76,3 +76,29 @@ def recording_progress(calls: list):
                 pass
         return Task()
     return progress
+
+
+def random_bn(m, mean=0.2, var=(0.5, 2.0)):
+    """Give every BatchNorm2d of ``m`` random running statistics and affine parameters; returns m in eval."""
+    for mod in m.modules():
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            mod.running_mean.uniform_(-mean, mean)
+            mod.running_var.uniform_(*var)
+            mod.weight.data.uniform_(0.5, 1.5)
+            mod.bias.data.uniform_(-0.2, 0.2)
+    return m.eval()
+
+
+def calibrate_minmax(qm, x: torch.Tensor) -> None:
+    """Set every activation quantizer's range to the min/max it sees in one float pass (test helper)."""
+    ranges, hooks = {}, []
+    for name, q in qm.act_quantizers().items():
+        def hook(mod, inp, out, name=name):
+            ranges[name] = (float(out.min()), float(out.max()))
+        hooks.append(q.register_forward_hook(hook))
+    with torch.no_grad(), qm.float_mode():
+        qm(x)
+    for h in hooks:
+        h.remove()
+    for name, q in qm.act_quantizers().items():
+        q.set_range(*ranges[name])

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from helpers import calibrate_minmax, random_bn
 from toolchain.errors import UnsupportedModelError
 from toolchain.export import check_parity, write_qdq
 from toolchain.models.meta import ModelMeta
@@ -133,14 +134,7 @@ FAMILIES = {"mobilenet_v3": MobileV3, "efficientnet": Efficient, "shufflenet": S
 
 def _model(cls) -> nn.Module:
     torch.manual_seed(0)
-    m = cls()
-    for mod in m.modules():
-        if isinstance(mod, nn.BatchNorm2d):
-            mod.running_mean.uniform_(-0.3, 0.3)
-            mod.running_var.uniform_(0.5, 1.5)
-            mod.weight.data.uniform_(0.5, 1.5)
-            mod.bias.data.uniform_(-0.2, 0.2)
-    return m.eval()
+    return random_bn(cls(), mean=0.3, var=(0.5, 1.5))
 
 
 def _program(m: nn.Module, fixed_batch: bool = False):
@@ -153,18 +147,7 @@ def _meta(task="classification", k=10) -> ModelMeta:
     return ModelMeta(input_shape=SHAPE, mean=(0.5,) * 3, std=(0.25,) * 3, num_classes=k, task=task)
 
 
-def _calibrate(qm, x):
-    """Min/max ranges from one float pass (test helper)."""
-    ranges, hooks = {}, []
-    for name, q in qm.act_quantizers().items():
-        hooks.append(q.register_forward_hook(
-            lambda mod, inp, out, name=name: ranges.__setitem__(name, (float(out.min()), float(out.max())))))
-    with torch.no_grad(), qm.float_mode():
-        qm(x)
-    for h in hooks:
-        h.remove()
-    for name, q in qm.act_quantizers().items():
-        q.set_range(*ranges[name])
+_calibrate = calibrate_minmax
 
 
 @pytest.mark.parametrize("bits", [8, 4])

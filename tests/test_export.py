@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from onnx import TensorProto, numpy_helper
 from torch import nn
 
+from helpers import calibrate_minmax, random_bn
 from toolchain.errors import UnsupportedModelError
 from toolchain.export import SimplifyWarning, check_parity, write_fp32, write_qdq
 from toolchain.export.parity import ort_session
@@ -131,34 +132,13 @@ class WithCumsum(nn.Module):
         return self.fc(torch.cumsum(self.conv(x), 3).mean([2, 3]))
 
 
-def _random_bn(m: nn.Module) -> nn.Module:
-    for mod in m.modules():
-        if isinstance(mod, nn.BatchNorm2d):
-            mod.running_mean.uniform_(-0.2, 0.2)
-            mod.running_var.uniform_(0.5, 2.0)
-            mod.weight.data.uniform_(0.5, 1.5)
-            mod.bias.data.uniform_(-0.2, 0.2)
-    return m.eval()
-
-
 def _export(m: nn.Module):
     return torch.export.export(m, (torch.randn(2, *META.input_shape),),
                                dynamic_shapes=({0: torch.export.Dim("batch")},))
 
 
-def _calibrate(qm, x: torch.Tensor) -> None:
-    """Min/max ranges from one float pass (test helper only)."""
-    ranges, hooks = {}, []
-    for name, q in qm.act_quantizers().items():
-        def hook(mod, inp, out, name=name):
-            ranges[name] = (float(out.min()), float(out.max()))
-        hooks.append(q.register_forward_hook(hook))
-    with torch.no_grad(), qm.float_mode():
-        qm(x)
-    for h in hooks:
-        h.remove()
-    for name, q in qm.act_quantizers().items():
-        q.set_range(*ranges[name])
+_calibrate = calibrate_minmax
+_random_bn = random_bn
 
 
 _PROGRAMS: dict[str, object] = {}

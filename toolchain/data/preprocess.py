@@ -32,6 +32,13 @@ def _as_hwc(img: np.ndarray, index: int) -> np.ndarray:
     return img
 
 
+def shorter_side_size(h: int, w: int, size: int) -> tuple[int, int]:
+    """(H', W') with the shorter side ``size`` and the longer ``int(size · long / short)`` (torchvision)."""
+    short, long = (h, w) if h <= w else (w, h)
+    new_long = int(size * long / short)
+    return (size, new_long) if h <= w else (new_long, size)
+
+
 def resize_shorter_side(img: np.ndarray, size: int) -> np.ndarray:
     """Resize so the shorter side is ``size`` pixels, keeping the aspect ratio.
 
@@ -49,11 +56,9 @@ def resize_shorter_side(img: np.ndarray, size: int) -> np.ndarray:
     from PIL import Image  # lazy: only needed when resizing
 
     h, w = img.shape[:2]
-    short, long = (h, w) if h <= w else (w, h)
-    if short == size:
+    if min(h, w) == size:
         return img
-    new_short, new_long = size, int(size * long / short)
-    new_h, new_w = (new_short, new_long) if h <= w else (new_long, new_short)
+    new_h, new_w = shorter_side_size(h, w, size)
     bilinear = getattr(Image, "Resampling", Image).BILINEAR
     planes = [
         np.asarray(Image.fromarray(np.ascontiguousarray(img[:, :, c]))  # 2-D uint8 → mode "L"

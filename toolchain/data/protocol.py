@@ -244,11 +244,10 @@ def _resize_shorter_side_nearest(mask: np.ndarray, size: int) -> np.ndarray:
     ``int(size * long / short)``, as :func:`~toolchain.data.resize_shorter_side`), Pillow NEAREST."""
     from PIL import Image  # lazy: only needed when resizing
 
+    from .preprocess import shorter_side_size
     h, w = mask.shape
-    short, long = (h, w) if h <= w else (w, h)
-    if short == size:
+    if min(h, w) == size:
         return mask
-    new_short, new_long = size, int(size * long / short)
-    new_h, new_w = (new_short, new_long) if h <= w else (new_long, new_short)
+    new_h, new_w = shorter_side_size(h, w, size)
     nearest = getattr(Image, "Resampling", Image).NEAREST
     return np.asarray(Image.fromarray(np.ascontiguousarray(mask)).resize((new_w, new_h), nearest))

@@ -49,6 +49,22 @@ class EvalResult:
     dense: DenseTally | None = None
 
 
+def _limited(data: EvalSet, meta, batch_size: int, total: int, progress: ProgressFn | None):
+    """``data.batches`` cut to the first ``total`` images, reporting progress after each batch."""
+    seen = 0
+    if progress:
+        progress(0, total, "accuracy")
+    for x, y in data.batches(meta, batch_size):
+        if seen >= total:
+            break
+        x = x[: total - seen]
+        y = None if y is None else y[: total - seen]
+        yield x, y
+        seen += len(x)
+        if progress:
+            progress(len(x), total, "accuracy")
+
+
 def topk_hits(logits: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
     """Whether each label is among the k largest logits.
 
@@ -96,12 +112,8 @@ def evaluate(data: EvalSet, meta, models: Mapping[str, Classifier], *, batch_siz
     agree = 0 if len(names) >= 2 else None
     first = None
     seen = 0
-    if progress:
-        progress(0, total, "accuracy")
-    for x, y in data.batches(meta, batch_size):
-        if seen >= total:
-            break
-        x, y = x[: total - seen], np.asarray(y[: total - seen], np.int64)
+    for x, y in _limited(data, meta, batch_size, total, progress):
+        y = np.asarray(y, np.int64)
         if first is None:
             first = np.array(x[:1], copy=True)
         top1 = {}
@@ -115,8 +127,6 @@ def evaluate(data: EvalSet, meta, models: Mapping[str, Classifier], *, batch_siz
         if agree is not None:
             agree += int((top1[names[0]] == top1[names[1]]).sum())
         seen += len(y)
-        if progress:
-            progress(len(y), total, "accuracy")
     if seen == 0:
         raise DataError("the eval set yielded no images", "pass a data set with at least one image")
     return EvalResult(n_images=seen, tallies=tallies, agree=agree, first_image=first)
@@ -164,14 +174,9 @@ def evaluate_dense(data: EvalSet, meta, models: Mapping[str, Classifier], *, bat
     tally = DenseTally(int(meta.num_classes))
     first = None
     seen = 0
-    if progress:
-        progress(0, total, "accuracy")
-    for x, masks in data.batches(meta, batch_size):
-        if seen >= total:
-            break
-        x = x[: total - seen]
+    for x, masks in _limited(data, meta, batch_size, total, progress):
         if masks is not None:
-            masks = np.asarray(masks[: total - seen])
+            masks = np.asarray(masks)
             if masks.ndim != 3 or len(masks) != len(x):
                 raise DataError(f"{data!r} served masks of shape {masks.shape} for a batch of {len(x)} images",
                                 "a segmentation eval set yields uint8 (B, H, W) masks")
@@ -204,8 +209,6 @@ def evaluate_dense(data: EvalSet, meta, models: Mapping[str, Classifier], *, bat
             raise DataError(f"{data!r}: masks: {e}",
                             "mask values must be class indices of the model, or 255 for unlabelled pixels") from None
         seen += len(x)
-        if progress:
-            progress(len(x), total, "accuracy")
     if seen == 0:
         raise DataError("the eval set yielded no images", "pass a data set with at least one image")
     return EvalResult(n_images=seen, tallies={}, agree=None, first_image=first, dense=tally)
