@@ -76,6 +76,7 @@ def main() -> None:
     ap.add_argument("--only", nargs="*", default=None)
     ap.add_argument("--set", action="append", default=[])
     ap.add_argument("--parity-images", type=int, default=64)
+    ap.add_argument("--latency-runs", type=int, default=50)
     a = ap.parse_args()
     archives = sorted((SHARED / "models" / "arch").glob("*.pt2"))
     if not archives:
@@ -99,7 +100,7 @@ def main() -> None:
                 data = seg_npz if path.stem.startswith("seg_") else cls_npz
                 try:
                     r = run(path, data, method=method, scheme=QuantScheme.from_bits(bits),
-                            overrides=synth if method == "bnstat" else None, latency_runs=50,
+                            overrides=synth if method == "bnstat" else None, latency_runs=a.latency_runs,
                             parity_images=a.parity_images, store=store)
                     rows.append(row(path.stem, method, bits, r))
                 except ZqError as e:
