@@ -22,7 +22,9 @@
 # qemu-user-static), network access to deb.debian.org and PyPI for the first run.
 # Environment: ZQTOOL_ARM64_ROOTFS (default ~/.cache/zqtool/arm64-rootfs),
 #   ZQTOOL_ARM64_CPUS (default "cortex-a72 cortex-a76": Raspberry Pi 4 without, Pi 5 with dot-product),
-#   ZQTOOL_ARM64_LIMIT (evaluate only the first N images), PYTHON (host Python with onnxruntime).
+#   ZQTOOL_ARM64_LIMIT (evaluate only the first N images: emulation runs about a hundred times
+#   slower than the host), ZQTOOL_ARM64_MODELS (default: model.qdq.onnx and model.qdq.ort if present),
+#   PYTHON (host Python with onnxruntime). The ARM runs skip the FP32 model (--fp none).
 set -euo pipefail
 
 usage() { echo "usage: sudo $0 BUNDLE_DIR [BUNDLE_DIR ...]  ($*)" >&2; exit 2; }
@@ -76,6 +78,7 @@ for bundle in "$@"; do
     data=""; for d in test.npz data; do [ -e "$work/$d" ] && { data=$d; break; }; done
     [ -n "$data" ] || { echo "error: $bundle has no eval data (zqtool bundle … --data DATA)" >&2; exit 2; }
     models="model.qdq.onnx"; [ -f "$work/model.qdq.ort" ] && models="$models model.qdq.ort"
+    models=${ZQTOOL_ARM64_MODELS:-$models}
     lim=(); [ -n "$LIMIT" ] && lim=(--limit "$LIMIT")
     for model in $models; do
         (cd "$work" && "$PY" verify.pyz "$model" --data "$data" "${lim[@]}" --runs 20 \
@@ -84,7 +87,7 @@ for bundle in "$@"; do
         for cpu in $CPUS; do
             fake_cpuinfo "$cpu"
             PYTHONPATH=/opt/zqtool-site chroot "$ROOTFS" /usr/bin/qemu-aarch64-static -cpu "$cpu" /usr/bin/python3 \
-                "/work/$name/verify.pyz" "/work/$name/$model" --data "/work/$name/$data" "${lim[@]}" --runs 0 \
+                "/work/$name/verify.pyz" "/work/$name/$model" --data "/work/$name/$data" "${lim[@]}" --runs 0 --fp none \
                 --json "/work/$name/arm.$cpu.$model.json" --save-outputs "/work/$name/arm.$cpu.$model.npz" \
                 >"$work/arm.$cpu.$model.txt" 2>"$work/arm.$cpu.$model.err" \
                 || { echo "error: the aarch64 run failed: $(tail -1 "$work/arm.$cpu.$model.err")" >&2; exit 2; }

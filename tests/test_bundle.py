@@ -77,6 +77,17 @@ def test_bundled_verifier_runs_without_the_repo_and_saves_outputs(exported, tmp_
     assert "max output diff 0" in cmp.stdout
 
 
+def test_bundled_verifier_can_skip_the_fp32_reference(exported, tmp_path):
+    q, onnx, data = exported
+    out = tmp_path / "b"
+    assert runner.invoke(app, ["bundle", str(onnx.dir), "--out", str(out), "--data", str(data)]).exit_code == 0
+    res = _pyz(out, "model.qdq.onnx", "--data", "test.npz", "--runs", "0", "--fp", "none", "--json", "r.json")
+    assert res.returncode == 0, res.stderr
+    report = json.loads((out / "r.json").read_text())
+    assert report["fp32"]["top1"] is None and report["quantized"]["top1"] is not None
+    assert any("FP32 reference skipped" in n for n in report["notes"])
+
+
 def test_bundled_verifier_errors_are_one_line(exported, tmp_path):
     q, onnx, data = exported
     out = tmp_path / "b"

@@ -66,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("model", help="quantized QDQ .onnx or .ort (exported by zqtool)")
     ap.add_argument("--data", required=True, help=".npz (images uint8 NHWC, labels) or folder with labels.csv; "
                     "segmentation model: .npz of images, optionally masks (uint8 NxHxW, 255 = ignore)")
-    ap.add_argument("--fp", default=None, help="FP32 reference .onnx (default: model.fp32.onnx beside MODEL)")
+    ap.add_argument("--fp", default=None, help="FP32 reference .onnx (default: model.fp32.onnx beside MODEL; "
+                    "'none' skips it)")
     ap.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads (0 = all cores)")
     ap.add_argument("--json", default=None, help="write the full report to this JSON file")
     ap.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")

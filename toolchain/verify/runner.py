@@ -34,6 +34,10 @@ def _count(name: str, value, minimum: int) -> int:
     return value
 
 
+#: ``fp_path`` value that skips the FP32 reference (a slow device checks only the quantized model)
+NO_FP = "none"
+
+
 def verify(qdq_path: str | os.PathLike, data: str | os.PathLike | EvalSet, *,
            fp_path: str | os.PathLike | None = None, threads: int = 1, batch_size: int = 64,
            latency_runs: int = 50, warmup: int = 10, limit: int | None = None,
@@ -60,7 +64,8 @@ def verify(qdq_path: str | os.PathLike, data: str | os.PathLike | EvalSet, *,
         data: eval data path (.npz, image folder) or an EvalSet (for a segmentation model: an
             .npz with ``images`` and optional ``masks``, or an EvalSet with a ``masks`` attribute).
         fp_path: the FP32 reference; default ``model.fp32.onnx`` beside ``qdq_path`` if
-            it exists, else none (FP32 accuracy and agreement are then null).
+            it exists, else none (FP32 accuracy and agreement are then null); :data:`NO_FP`
+            skips it.
         threads: onnxruntime intra-op threads (0 = its default, all cores).
         batch_size: images per accuracy batch (a static-batch model is run in chunks
             of its batch size, e.g. one image at a time).
@@ -130,7 +135,10 @@ def verify(qdq_path: str | os.PathLike, data: str | os.PathLike | EvalSet, *,
     segmentation = meta.task == "segmentation"
 
     fp = None
-    if fp_path is None:
+    if fp_path == NO_FP:
+        fp_path = None
+        notes.append("FP32 reference skipped (--fp none): FP32 accuracy and top-1 agreement not computed")
+    elif fp_path is None:
         candidate = qdq_path.with_name(DEFAULT_FP_NAME)
         if candidate.is_file() and candidate.resolve() != qdq_path.resolve():
             fp_path = candidate
