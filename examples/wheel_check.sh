@@ -54,4 +54,10 @@ for k, v in recipe.items():
 assert cfg["iterations"] == 3 and recipe["iterations"] != 3
 print("cpu recipe applied:", {k: cfg[k] for k in recipe})
 EOF
+echo "== wheel: a device bundle's verifier runs from the installed package, outside any checkout"
+"$W/venv/bin/zqtool" bundle "$Q" --out "$W/bundle" > "$W/bundle.log" 2>&1 || { cat "$W/bundle.log"; exit 1; }
+python3 -c "import zipfile, sys; n = zipfile.ZipFile(sys.argv[1]).namelist(); assert 'toolchain/verify/device.py' in n, n" \
+    "$W/bundle/verify.pyz"
+(cd "$W" && "$W/venv/bin/python" bundle/verify.pyz --help > /dev/null) || { echo "verify.pyz --help failed"; exit 1; }
+echo "bundle ok: $(ls "$W/bundle" | tr '\n' ' ')"
 echo "wheel_check: ok"
