@@ -5,9 +5,10 @@ calls them)::
 
     from toolchain import pipeline
     fp = pipeline.load_stage("resnet20.th", arch="resnet20")
-    q = pipeline.quantize_stage(fp, method="bnstat", bits=8)
-    onnx_dir = pipeline.export_stage(q)
-    report = toolchain.verify.verify(onnx_dir / "model.qdq.onnx", data="test.npz")
+    from toolchain.quant.scheme import QuantScheme
+    q = pipeline.quantize_stage(fp, method="bnstat", scheme=QuantScheme.from_bits(8))
+    onnx = pipeline.export_stage(q)
+    report = toolchain.verify.verify(onnx.qdq_path, "test.npz")
 
 Importing ``toolchain`` imports neither torch nor onnxruntime: ``toolchain.verify``
 and ``toolchain.data`` must run on a device where only numpy and onnxruntime

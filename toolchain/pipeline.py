@@ -449,7 +449,7 @@ def run(model: str | Path, data: str | Path, *, load_options: dict | None = None
     store = store or Store()
     note = on_stage or (lambda *a: None)
 
-    def timed(name, _unused, fn):
+    def timed(name, fn):
         t0, wall0 = time.perf_counter(), time.time()
         out = fn()
         d = getattr(out, "dir", None)
@@ -462,16 +462,16 @@ def run(model: str | Path, data: str | Path, *, load_options: dict | None = None
 
     cached_stages: dict[str, bool] = {}
 
-    fp = timed("load", None, lambda: load_stage(model, store=store, progress=progress, **(load_options or {})))
-    q = timed("quantize", None, lambda: quantize_stage(fp, method=method, scheme=scheme, budget=budget,
+    fp = timed("load", lambda: load_stage(model, store=store, progress=progress, **(load_options or {})))
+    q = timed("quantize", lambda: quantize_stage(fp, method=method, scheme=scheme, budget=budget,
                                                         recipe=recipe, overrides=overrides, seed=seed,
                                                         device=device, store=store, strict=strict,
                                                         progress=progress))
-    onnx = timed("export", None, lambda: export_stage(q, fmt=fmt, store=store, progress=progress))
-    report = timed("verify", None, lambda: verify_stage(onnx, data, threads=threads, limit=limit,
+    onnx = timed("export", lambda: export_stage(q, fmt=fmt, store=store, progress=progress))
+    report = timed("verify", lambda: verify_stage(onnx, data, threads=threads, limit=limit,
                                                         latency_runs=latency_runs, task=fp.meta.task,
                                                         store=store, progress=progress))
-    parity = timed("parity", None, lambda: parity_stage(q, onnx, data, n_images=parity_images, store=store)) \
+    parity = timed("parity", lambda: parity_stage(q, onnx, data, n_images=parity_images, store=store)) \
         if parity_images else None
     qlog = read_json(q.dir / "quant.json")
     warnings_ = list(report.get("warnings", []))

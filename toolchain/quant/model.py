@@ -8,7 +8,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from .layers import QuantConv2d, QuantLinear, _QuantLayer
+from .layers import _QuantLayer
 from .quantizers import IntWeightPerChannelFloat, _ActPerTensorFloat, _Quantizer
 from .scheme import QuantScheme
 
@@ -99,6 +99,3 @@ class QuantizedModel(nn.Module):
                          "scale_min": float(s.min()), "scale_max": float(s.max())})
         return rows
 
-
-def is_quant_layer(m: nn.Module) -> bool:
-    return isinstance(m, (QuantConv2d, QuantLinear))
