@@ -340,8 +340,9 @@ def synth_stage(fp: FPArtifact, *, method: str = "gznq", budget: str = "cpu", re
 # --------------------------------------------------------------------------- stage 3
 EXPORT_FORMATS = ("qdq", "int4")
 #: bumped when the ONNX written for the same quantized model changes (invalidates cached exports);
-#: 2: the FP32 reference comes from the FP program, not from the (possibly fine-tuned) quantized model
-EXPORT_WRITER_VERSION = 2
+#: 2: the FP32 reference comes from the FP program, not from the (possibly fine-tuned) quantized model;
+#: 3: residual adds of the portable target are written as Sum (float on every CPU), not fused to QLinearAdd
+EXPORT_WRITER_VERSION = 3
 
 
 def export_stage(q: QArtifact, *, fmt: str = "qdq", store: Store | None = None,

@@ -51,12 +51,19 @@ class Target:
             ``2 · qmax_act · qmax_weight ≤ 32,767`` (see the module docstring).
         narrow: what a layer that would break the bound narrows: ``"weight"`` (its weight codes,
             8 → 7 bits) or ``"act"`` (the activation codes it reads, 8 → 7 bits, for every consumer).
+        fused_add: whether a residual Add of two quantized tensors may run as onnxruntime's
+            QLinearAdd. QLinearAdd requantizes in float32 on x86 and in fixed point on ARM64, so the
+            same file gives different codes on the two (measured: ResNet-20 W8A8, 4 of 1,017 top-1
+            flips on an emulated Cortex-A72); without it the Add is written as ONNX ``Sum`` (not fused:
+            one IEEE float32 addition of the dequantized inputs, then QuantizeLinear) — the same bits
+            on every CPU.
     """
 
     name: str
     description: str
     int16_pair_safe: bool
     narrow: str = "weight"
+    fused_add: bool = True
 
     def layer_bits(self, weight_bits: int, act_bits: int, *, depthwise: bool = False) -> tuple[int, int]:
         """(weight bits, input activation bits) of a layer on this target, from what its role asks
@@ -79,7 +86,8 @@ def register_target(target: Target) -> Target:
 
 PORTABLE = register_target(Target(
     "portable", "exact on every x86-64 and ARM64 CPU (7-bit weight codes where 8-bit ones could saturate "
-    "onnxruntime's AVX2 kernels)", True))
+    "onnxruntime's AVX2 kernels; residual adds in float, which ARM's QLinearAdd rounds differently)", True,
+    fused_add=False))
 register_target(Target("x86-vnni", "full 8-bit ranges for x86-64 CPUs with AVX512-VNNI, AVX-VNNI or AMX", False))
 register_target(Target("arm64", "full 8-bit ranges for ARM64 CPUs (NEON, dot-product)", False))
 DEFAULT_TARGET = PORTABLE.name

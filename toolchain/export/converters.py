@@ -73,13 +73,17 @@ class ExportContext:
         fmt: ``"qdq"``, ``"int4"`` or ``"fp32"``.
         shapes: concrete output shape of every tensor-valued fx node (from one run of
             the model on a batch of 2; dim 0 is the symbolic batch in ONNX).
+        fused_add: write an Add of two quantized tensors as ``Add`` (onnxruntime fuses it into
+            QLinearAdd) or, when False, as ``Sum`` (runs in float on every CPU; the target's
+            :attr:`~toolchain.targets.Target.fused_add`).
     """
 
     def __init__(self, gm: fx.GraphModule, builder: GraphBuilder, fmt: str,
-                 shapes: dict[fx.Node, tuple[int, ...]]):
+                 shapes: dict[fx.Node, tuple[int, ...]], *, fused_add: bool = True):
         if fmt not in FORMATS:
             raise ValueError(f"fmt must be one of {FORMATS}, got {fmt!r}")
         self.gm, self.b, self.fmt, self.shapes = gm, builder, fmt, shapes
+        self.fused_add = fused_add
         self.env: dict[fx.Node, Value] = {}
         self._grids: dict[str, Grid] = {}
 
@@ -397,7 +401,14 @@ def _binary(onnx_op: str):
     return conv
 
 
-converter(*ops.ADD)(_binary("Add"))
+@converter(*ops.ADD)
+def _add(ctx: ExportContext, node: fx.Node) -> Value:
+    """Add; of two quantized tensors on a target without fused adds, ONNX Sum (not fused by onnxruntime)."""
+    quantized = all(isinstance(a, fx.Node) and ctx.value(a).grid is not None for a in node.args[:2])
+    if ctx.fused_add or not quantized or node.kwargs.get("alpha", 1) != 1:
+        return _binary("Add")(ctx, node)
+    y = ctx.b.node("Sum", [ctx.float(node.args[0]), ctx.float(node.args[1])], node.name)
+    return Value(float=y, origin=node.name)
 converter(aten.sub.Tensor, aten.sub.Scalar)(_binary("Sub"))
 converter(aten.mul.Tensor, aten.mul.Scalar)(_binary("Mul"))
 converter(aten.div.Tensor, aten.div.Scalar)(_binary("Div"))

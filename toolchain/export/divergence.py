@@ -50,7 +50,8 @@ def _exact_codes(qmodel: QuantizedModel, x: torch.Tensor) -> dict[str, np.ndarra
             codes[quantizer_path] = c.q.numpy()
 
     with torch.no_grad():
-        Recorder(qmodel.gm).run(x.float())
+        from ..targets import get_target
+        Recorder(qmodel.gm, fused_add=get_target(qmodel.scheme.target).fused_add).run(x.float())
     return codes
 
 

@@ -102,9 +102,11 @@ class ExactInterpreter(fx.Interpreter):
     def on_codes(self, quantizer_path: str, codes: Codes) -> None:
         """Hook: the codes an activation quantizer (graph module path) produced."""
 
-    def __init__(self, gm: fx.GraphModule):
+    def __init__(self, gm: fx.GraphModule, *, fused_add: bool = True):
         super().__init__(gm)
         self.gm = gm
+        #: whether a residual Add of codes runs as QLinearAdd (else in float: the target's Sum)
+        self.fused_add = fused_add
         self.current_node: fx.Node | None = None
 
     def run_node(self, n: fx.Node):
@@ -161,7 +163,7 @@ class ExactInterpreter(fx.Interpreter):
     # functions ----------------------------------------------------------------
     def call_function(self, target, args, kwargs):
         a0 = args[0] if args else None
-        if target in ops.ADD and len(args) >= 2 and all(isinstance(a, Codes) for a in args[:2]) \
+        if self.fused_add and target in ops.ADD and len(args) >= 2 and all(isinstance(a, Codes) for a in args[:2]) \
                 and kwargs.get("alpha", 1) == 1:
             return self._add(args[0], args[1])
         if target in ops.MUL and len(args) >= 2 and all(isinstance(a, Codes) for a in args[:2]):
@@ -285,7 +287,8 @@ def exact_forward(qmodel: QuantizedModel, x: torch.Tensor) -> torch.Tensor:
     Returns:
         The first output (e.g. logits (N, num_classes)) as float32.
     """
-    out = ExactInterpreter(qmodel.gm).run(x.float())
+    from ..targets import get_target
+    out = ExactInterpreter(qmodel.gm, fused_add=get_target(qmodel.scheme.target).fused_add).run(x.float())
     if isinstance(out, (tuple, list)):
         out = out[0]
     return _materialize(out).float()
