@@ -150,7 +150,12 @@ def write_bundle(qdq: Path, out: Path, *, fp32: Path | None = None, data: Path |
         if data is not None:
             data = Path(data)
             data_name = "test.npz" if data.is_file() else "data"
-            (shutil.copyfile if data.is_file() else shutil.copytree)(data, d / data_name)
+            if data.is_file():
+                shutil.copyfile(data, d / data_name)
+            else:  # plain copies (0644 files, 0755 folders), not the source's modes (often read-only)
+                shutil.copytree(data, d / data_name, copy_function=shutil.copyfile)
+                for sub in [d / data_name, *(d / data_name).rglob("*")]:
+                    sub.chmod(0o755 if sub.is_dir() else 0o644)
         command = ("python3 verify.pyz model.qdq.onnx --data " + (data_name or "TEST.npz")
                    + " --threads 4 --json report.json")
         (d / "README.txt").write_text(_readme(tgt, command, ort, fp32 is not None))
