@@ -62,6 +62,8 @@ build_rootfs() {
     rm -f "$tmp.log"; mv "$tmp" "$ROOTFS"
 }
 [ -x "$ROOTFS/usr/bin/python3" ] && [ -d "$ROOTFS/opt/zqtool-site/onnxruntime" ] || build_rootfs
+echo "# aarch64 under user-mode emulation ($(cat "$ROOTFS/opt/zqtool-site/VERSIONS" 2>/dev/null)): emulated latency" \
+     "means nothing and is not measured; outputs, accuracy and the integer-kernel census are compared" >&2
 
 fake_cpuinfo() {  # what the verifier reports as "CPU": the emulated core, said to be emulated
     local feats="fp asimd evtstrm aes pmull sha1 sha2 crc32 cpuid"
