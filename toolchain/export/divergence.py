@@ -50,8 +50,7 @@ def _exact_codes(qmodel: QuantizedModel, x: torch.Tensor) -> dict[str, np.ndarra
             codes[quantizer_path] = c.q.numpy()
 
     with torch.no_grad():
-        from ..targets import get_target
-        Recorder(qmodel.gm, fused_add=get_target(qmodel.scheme.target).fused_add).run(x.float())
+        Recorder(qmodel.gm, fused_add=qmodel.scheme.fused_add).run(x.float())
     return codes
 
 

@@ -110,8 +110,7 @@ def build_onnx(qmodel: QuantizedModel, meta: ModelMeta, *, fmt: str = FMT_QDQ, o
     b = GraphBuilder(opset)
     b.reserve(INPUT_NAME)
     b.reserve(OUTPUT_NAME)
-    from ..targets import get_target
-    ctx = ExportContext(gm, b, fmt, shapes, fused_add=get_target(qmodel.scheme.target).fused_add)
+    ctx = ExportContext(gm, b, fmt, shapes, fused_add=qmodel.scheme.fused_add)
     for node in gm.graph.nodes:
         if node.op == "placeholder":
             ctx.env[node] = Value(float=INPUT_NAME, origin=INPUT_NAME)

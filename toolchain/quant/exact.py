@@ -287,8 +287,7 @@ def exact_forward(qmodel: QuantizedModel, x: torch.Tensor) -> torch.Tensor:
     Returns:
         The first output (e.g. logits (N, num_classes)) as float32.
     """
-    from ..targets import get_target
-    out = ExactInterpreter(qmodel.gm, fused_add=get_target(qmodel.scheme.target).fused_add).run(x.float())
+    out = ExactInterpreter(qmodel.gm, fused_add=qmodel.scheme.fused_add).run(x.float())
     if isinstance(out, (tuple, list)):
         out = out[0]
     return _materialize(out).float()

@@ -49,6 +49,12 @@ class QuantScheme:
                 )
         get_target(self.target)
 
+    @property
+    def fused_add(self) -> bool:
+        """Whether residual adds may run as QLinearAdd on this scheme's target
+        (:attr:`toolchain.targets.Target.fused_add`; ``portable``: no, they run in float)."""
+        return get_target(self.target).fused_add
+
     def layer_bits(self, weight_bits: int, input_act_bits: int, *, depthwise: bool = False) -> tuple[int, int]:
         """(weight bits, input activation bits) a layer gets on this scheme's target, given the
         widths its role asks for. On an int16-pair-safe target (``portable``) the pair satisfies
