@@ -131,3 +131,15 @@ def test_bundle_on_emulated_arm64(exported, tmp_path):
     assert res.returncode == 0, res.stderr
     lines = [ln for ln in res.stdout.splitlines() if "agreement" in ln]
     assert len(lines) == 2 and all(ln.endswith("agreement 100.00%") for ln in lines), res.stdout
+
+
+def test_bundle_and_arm_check_refuse_what_is_not_theirs(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    res = runner.invoke(app, ["bundle", str(empty), "--out", str(tmp_path / "b")])
+    assert res.exit_code != 0 and "neither a .qdq.onnx file" in res.output and "Traceback" not in res.output
+    res = runner.invoke(app, ["bundle", str(tmp_path / "missing.qdq.onnx"), "--out", str(tmp_path / "b")])
+    assert res.exit_code != 0 and "does not exist" in res.output
+    assert not (tmp_path / "b").exists()
+    res = subprocess.run(["bash", str(ROOT / "deploy" / "check_arm64.sh"), str(empty)], capture_output=True, text=True)
+    assert res.returncode == 2 and "is not a bundle" in res.stderr

@@ -329,6 +329,8 @@ def _qdq_of(source: Path) -> Path:
     """The QDQ file of a bundle source: the file itself, an export dir's, or a quantize run's (exported)."""
     from .pipeline import QArtifact, export_stage
     from .artifacts import Store
+    if not source.exists():
+        raise InputFileError(f"{source} does not exist", "pass what `zqtool quantize` or `zqtool export` printed")
     if source.is_file():
         return source
     if (source / "model.qdq.onnx").is_file():

@@ -4,7 +4,7 @@ The command a bundle (``zqtool bundle``) runs on the target CPU, and what
 ``deploy/verify_runner.py`` calls from a source checkout: the same report as ``zqtool verify``
 (accuracy, agreement, latency, integer-kernel census, CPU model and ISA flags) as a plain-text
 table and JSON. ``--save-outputs FILE.npz`` also stores the quantized model's outputs (float32
-(N, K) logits) and top-1 classes, so a run on the device can be compared output by output with
+(N, K) logits, kept during the accuracy pass, not recomputed) and top-1 classes, so a run on the device can be compared output by output with
 the same bundle run on the host (``deploy/check_arm64.sh``).
 
 Never imports torch. Errors print one line on stderr and exit with status 2.
@@ -33,29 +33,23 @@ def _imports():
     return verify, report_text, ZqError
 
 
-def save_outputs(model: str, data: str, out: str, *, threads: int = 1, limit: int | None = None,
-                 batch_size: int = 64) -> int:
-    """Write the model's outputs on ``data`` to ``out`` (.npz: ``outputs`` float32, ``top1`` int64).
+class OutputRecorder:
+    """Keeps the quantized model's outputs as :func:`~.runner.verify` computes them (its ``on_outputs``
+    hook): one pass over the data serves the report and ``--save-outputs``."""
 
-    Returns:
-        The number of images.
+    def __init__(self, model: str = "quantized"):
+        self.model, self.batches = model, []
 
-    Raises:
-        ZqError: unreadable model or data (as :func:`~.runner.verify`).
-    """
-    import numpy as np
+    def __call__(self, name: str, outputs) -> None:
+        if name == self.model:
+            self.batches.append(outputs)
 
-    from ..data.opener import open_eval_set
-    from .model_card import read_model_meta
-    from .session import Classifier
-    clf = Classifier(model, threads)
-    meta = read_model_meta(clf.metadata, model)
-    evalset = open_eval_set(data, limit=limit, task=meta.task)
-    outs = [clf.session.run([clf.output_name], {clf.input_name: x.astype(clf.input_dtype)})[0]
-            for x, _ in evalset.batches(meta, batch_size)]
-    y = np.concatenate(outs).astype(np.float32)
-    np.savez(out, outputs=y, top1=y.argmax(axis=1).astype(np.int64))
-    return len(y)
+    def save(self, path: str) -> int:
+        """Write ``outputs`` float32 (N, K) and ``top1`` int64 (N,) to ``path`` (.npz); returns N."""
+        import numpy as np
+        y = np.concatenate(self.batches).astype(np.float32)
+        np.savez(path, outputs=y, top1=y.argmax(axis=1).astype(np.int64))
+        return len(y)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,15 +73,18 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     verify, report_text, ZqError = _imports()
     try:
+        recorder = OutputRecorder() if args.save_outputs else None
         report = verify(args.model, args.data, fp_path=args.fp, threads=args.threads,
                         batch_size=args.batch_size, latency_runs=args.runs, warmup=args.warmup,
-                        limit=args.limit)
+                        limit=args.limit, on_outputs=recorder)
         if args.json:
             with open(args.json, "w") as f:
                 json.dump(report, f, indent=2)
-        if args.save_outputs:
-            save_outputs(args.model, args.data, args.save_outputs, threads=args.threads, limit=args.limit,
-                         batch_size=args.batch_size)
+        if recorder is not None:
+            if not recorder.batches:
+                raise ZqError("--save-outputs keeps classifier logits; this model's outputs are per-pixel",
+                              "compare segmentation runs by their JSON reports")
+            recorder.save(args.save_outputs)
     except ZqError as e:
         sys.stderr.write(f"error: {e.message}" + (f" (hint: {e.hint})" if e.hint else "") + "\n")
         return 2

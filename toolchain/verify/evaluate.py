@@ -19,6 +19,8 @@ from .session import Classifier
 
 #: progress hook: (advance: int, total: int, description: str) -> None
 ProgressFn = Callable[[int, int, str], None]
+#: ``(model name, float32 outputs of one batch)``
+OutputsFn = Callable[[str, np.ndarray], None]
 
 
 @dataclass
@@ -84,7 +86,8 @@ def topk_hits(logits: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
 
 
 def evaluate(data: EvalSet, meta, models: Mapping[str, Classifier], *, batch_size: int = 64,
-             limit: int | None = None, progress: ProgressFn | None = None) -> EvalResult:
+             limit: int | None = None, progress: ProgressFn | None = None,
+             on_outputs: OutputsFn | None = None) -> EvalResult:
     """Run every model on the same preprocessed batches and count top-1/top-5 hits (classifiers)
     or accumulate per-pixel confusion matrices (segmentation models, :func:`evaluate_dense`).
 
@@ -95,6 +98,8 @@ def evaluate(data: EvalSet, meta, models: Mapping[str, Classifier], *, batch_siz
         batch_size: images per batch (>= 1).
         limit: stop after this many images (None = all).
         progress: called as ``progress(advance, total, "accuracy")``; first with advance 0.
+        on_outputs: called as ``on_outputs(name, outputs)`` with every batch's float32 logits
+            of every model (classifiers), e.g. to keep them for a host/device comparison.
 
     Returns:
         EvalResult with per-model tallies, agreement count and the first image.
@@ -119,6 +124,8 @@ def evaluate(data: EvalSet, meta, models: Mapping[str, Classifier], *, batch_siz
         top1 = {}
         for name in names:
             logits = models[name].logits(x)
+            if on_outputs is not None:
+                on_outputs(name, logits)
             t = tallies[name]
             top1[name] = logits.argmax(axis=1)
             t.top1 += int((top1[name] == y).sum())

@@ -15,7 +15,7 @@ from ..data.npz import NpzEvalSet
 from ..data.opener import open_eval_set
 from ..data.protocol import IGNORE_INDEX, EvalSet, check_batch_size, check_limit
 from ..errors import ConfigError, InputFileError
-from .evaluate import ProgressFn, evaluate
+from .evaluate import OutputsFn, ProgressFn, evaluate
 from .integer_ops import inspect_integer_ops
 from .latency import measure_latency
 from .machine import cpu_info, probe_int16_pair_saturation, saturation_risks, saturation_warning
@@ -41,7 +41,7 @@ NO_FP = "none"
 def verify(qdq_path: str | os.PathLike, data: str | os.PathLike | EvalSet, *,
            fp_path: str | os.PathLike | None = None, threads: int = 1, batch_size: int = 64,
            latency_runs: int = 50, warmup: int = 10, limit: int | None = None,
-           progress: ProgressFn | None = None) -> dict:
+           progress: ProgressFn | None = None, on_outputs: OutputsFn | None = None) -> dict:
     """Measure a quantized model against its FP32 reference on onnxruntime (CPU EP).
 
     The model card's ``task`` decides what is measured. A classifier ((N, K) logits) needs
@@ -70,6 +70,8 @@ def verify(qdq_path: str | os.PathLike, data: str | os.PathLike | EvalSet, *,
         batch_size: images per accuracy batch (a static-batch model is run in chunks
             of its batch size, e.g. one image at a time).
         latency_runs: timed runs per model (0 = skip latency).
+        on_outputs: passed to :func:`~.evaluate.evaluate` (each batch's logits of "quantized"
+            and "fp32", classifiers).
         warmup: untimed runs before timing.
         limit: evaluate only the first ``limit`` images.
         progress: optional hook ``progress(advance, total, description)``; each phase
@@ -166,7 +168,8 @@ def verify(qdq_path: str | os.PathLike, data: str | os.PathLike | EvalSet, *,
         if clf.static_batch is not None:
             notes.append(f"the {name} model has a static batch of {clf.static_batch}: "
                          f"evaluated {clf.static_batch} image(s) per run")
-    result = evaluate(data, meta, models, batch_size=batch_size, limit=limit, progress=progress)
+    result = evaluate(data, meta, models, batch_size=batch_size, limit=limit, progress=progress,
+                      on_outputs=on_outputs)
     n = result.n_images
 
     lat_q = lat_fp = None
