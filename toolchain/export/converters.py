@@ -36,9 +36,9 @@ from torch import fx
 
 from ..errors import UnsupportedModelError
 from ..quant import ops
-from ..quant.layers import QuantConv2d, QuantLinear, _QuantLayer
+from ..quant.layers import QuantConv2d, QuantLinear, QuantLayer
 from ..quant.float_ops import FLOAT_UNARY, bilinear_resize_attrs
-from ..quant.quantizers import _ActPerTensorFloat, clamp_absorbed
+from ..quant.quantizers import ActPerTensorFloat, clamp_absorbed
 from .onnx_graph import GraphBuilder, Grid, Value
 
 aten = torch.ops.aten
@@ -137,7 +137,7 @@ class ExportContext:
             return self.float(arg)
         return self.b.const(arg, dtype)
 
-    def grid(self, node: fx.Node, q: _ActPerTensorFloat) -> Grid:
+    def grid(self, node: fx.Node, q: ActPerTensorFloat) -> Grid:
         """The scale / zero-point initializers of activation quantizer node ``node`` (made once).
 
         In ``int4``, codes are UINT4 when ``q.bits <= 4``, except for a tensor that reaches a
@@ -212,9 +212,9 @@ def _q_range(grid: Grid) -> tuple[float, float]:
 # --------------------------------------------------------------------------
 # quantizers and layers
 
-@converter(_ActPerTensorFloat)
+@converter(ActPerTensorFloat)
 def _act_quant(ctx: ExportContext, node: fx.Node) -> Value:
-    q: _ActPerTensorFloat = ctx.module(node)
+    q: ActPerTensorFloat = ctx.module(node)
     src = ctx.value(node.args[0])
     if q.mode != "quant":
         return src
@@ -236,7 +236,7 @@ def _act_quant(ctx: ExportContext, node: fx.Node) -> Value:
     return Value(codes=quantize(ctx.float(src)), grid=grid, origin=path)
 
 
-def _layer_params(ctx: ExportContext, path: str, layer: _QuantLayer, *, transpose: bool = False) -> tuple[str, str]:
+def _layer_params(ctx: ExportContext, path: str, layer: QuantLayer, *, transpose: bool = False) -> tuple[str, str]:
     """(weight, bias) float tensors of a layer: DQ of int8/INT4 and int32 codes, or float initializers.
 
     ``transpose`` writes a Linear weight as (in, out) for MatMul (per-channel axis 1).

@@ -94,7 +94,7 @@ from ..errors import UnsupportedModelError
 from . import ops
 from .layers import QuantConv2d, QuantLinear
 from .model import QuantizedModel
-from .quantizers import _ActPerTensorFloat
+from .quantizers import ActPerTensorFloat
 from .rewrite import _bn_node_args
 
 aten = ops.aten
@@ -375,7 +375,7 @@ class _Propagator(fx.Interpreter):
     def call_module(self, target, args, kwargs):
         mod = self.module.get_submodule(target)
         m = args[0]
-        if isinstance(mod, _ActPerTensorFloat):
+        if isinstance(mod, ActPerTensorFloat):
             sd = m.var.clamp_min(0).sqrt()
             lo = float((m.mean - self.num_std * sd).min())
             hi = float((m.mean + self.num_std * sd).max())

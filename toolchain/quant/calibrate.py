@@ -21,7 +21,7 @@ import torch
 from ..errors import ConfigError
 from .fake_quant import fake_quantize
 from .model import QuantizedModel
-from .quantizers import _ActPerTensorFloat
+from .quantizers import ActPerTensorFloat
 
 CALIBRATIONS = ("minmax", "mse", "percentile")
 
@@ -54,7 +54,7 @@ class RangeObserver:
         return torch.cat(self.samples) if self.samples else torch.zeros(1)
 
 
-def mse_range(q: _ActPerTensorFloat, values: torch.Tensor, lo: float, hi: float,
+def mse_range(q: ActPerTensorFloat, values: torch.Tensor, lo: float, hi: float,
               grid: int = 60) -> tuple[float, float]:
     """The clipped range [r·lo, r·hi], r in [0.3, 1], minimizing E[(x − fq(x))²] on ``values``."""
     best, best_err = (lo, hi), float("inf")

@@ -36,9 +36,9 @@ from torch import fx
 from . import integer_kernels as K
 from . import ops
 from .float_ops import FLOAT_UNARY, ort_apply, ort_bilinear_resize, ort_node
-from .layers import QuantConv2d, QuantLinear, _QuantLayer
+from .layers import QuantConv2d, QuantLinear, QuantLayer
 from .model import QuantizedModel
-from .quantizers import _ActPerTensorFloat, clamp_absorbed
+from .quantizers import ActPerTensorFloat, clamp_absorbed
 
 
 @dataclass
@@ -75,7 +75,7 @@ class Pending:
         op: what it came from ("conv", "linear", "add", "mul", "avgpool", "concat"), for reports.
     """
 
-    requantize: Callable[[_ActPerTensorFloat], Codes]
+    requantize: Callable[[ActPerTensorFloat], Codes]
     float: Callable[[], torch.Tensor]
     op: str
 
@@ -89,7 +89,7 @@ def _materialize(v):
     return v
 
 
-def _grid_of(q: _ActPerTensorFloat) -> tuple[torch.Tensor, int, int]:
+def _grid_of(q: ActPerTensorFloat) -> tuple[torch.Tensor, int, int]:
     return q.effective_scale().detach().float().reshape(()), int(round(float(q.zero_point))), int(q.qmax)
 
 
@@ -117,16 +117,16 @@ class ExactInterpreter(fx.Interpreter):
     def call_module(self, target, args, kwargs):
         mod = self.gm.get_submodule(target)
         x = args[0]
-        if isinstance(mod, _ActPerTensorFloat):
+        if isinstance(mod, ActPerTensorFloat):
             out = self._quantize(mod, x)
             if isinstance(out, Codes):
                 self.on_codes(target, out)
             return out
-        if isinstance(mod, _QuantLayer):
+        if isinstance(mod, QuantLayer):
             return self._layer(mod, x)
         return mod(*[_materialize(a) for a in args], **kwargs)
 
-    def _quantize(self, q: _ActPerTensorFloat, x):
+    def _quantize(self, q: ActPerTensorFloat, x):
         if q.mode != "quant":
             return _materialize(x)
         if isinstance(x, Pending):
@@ -134,7 +134,7 @@ class ExactInterpreter(fx.Interpreter):
         scale, zp, qmax = _grid_of(q)
         return Codes(K.quantize(_materialize(x), scale, zp, qmax), scale, zp, qmax)
 
-    def _layer(self, layer: _QuantLayer, x):
+    def _layer(self, layer: QuantLayer, x):
         if not isinstance(x, Codes) or layer.weight_quant.mode != "quant" or layer.bias_scale() is None:
             return layer(_materialize(x))
         w_codes = layer.weight_quant.int_repr(layer.weight).double()
@@ -147,10 +147,10 @@ class ExactInterpreter(fx.Interpreter):
         elif isinstance(layer, QuantLinear):
             acc = F.linear(xq, w_codes, bias)
             op = "linear"
-        else:  # pragma: no cover - every _QuantLayer is one of the two
+        else:  # pragma: no cover - every QuantLayer is one of the two
             return layer(_materialize(x))
 
-        def requantize(q: _ActPerTensorFloat) -> Codes:
+        def requantize(q: ActPerTensorFloat) -> Codes:
             scale, zp, qmax = _grid_of(q)
             return Codes(K.requantize(acc, K.conv_multiplier(x.scale, w_scale, scale), zp, qmax), scale, zp, qmax)
 

@@ -13,12 +13,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from .fake_quant import fake_quantize, quantize
-from .quantizers import IntWeightPerChannelFloat, _ActPerTensorFloat
+from .quantizers import IntWeightPerChannelFloat, ActPerTensorFloat
 
 INT32_MIN, INT32_MAX = -(2 ** 31), 2 ** 31 - 1
 
 
-class _QuantLayer(nn.Module):
+class QuantLayer(nn.Module):
     """Float weight + bias (BN folded), a per-channel weight quantizer, a link to the input quantizer."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, wbits: int):
@@ -28,15 +28,15 @@ class _QuantLayer(nn.Module):
         self.bias = nn.Parameter(b)
         self.weight_quant = IntWeightPerChannelFloat(wbits, weight.shape[0], axis=0)
         self.weight_quant.init_from(self.weight)
-        self._input_quant: _ActPerTensorFloat | None = None
+        self._input_quant: ActPerTensorFloat | None = None
         #: "first", "last", "first+last" or "" — set by the rewrite
         self.role = ""
 
-    def link_input_quant(self, q: _ActPerTensorFloat | None) -> None:
+    def link_input_quant(self, q: ActPerTensorFloat | None) -> None:
         object.__setattr__(self, "_input_quant", q)
 
     @property
-    def input_quant(self) -> _ActPerTensorFloat | None:
+    def input_quant(self) -> ActPerTensorFloat | None:
         return self._input_quant
 
     def bias_scale(self) -> torch.Tensor | None:
@@ -62,7 +62,7 @@ class _QuantLayer(nn.Module):
         return quantize(self.bias, s, torch.zeros_like(s), INT32_MIN, INT32_MAX).to(torch.int32)
 
 
-class QuantConv2d(_QuantLayer):
+class QuantConv2d(QuantLayer):
     """Conv2d on fake-quantized weights/bias. Input (N,Cin,H,W) float32 → output (N,Cout,H',W')."""
 
     def __init__(self, weight, bias, wbits, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1):
@@ -82,7 +82,7 @@ class QuantConv2d(_QuantLayer):
                 f"groups={self.groups}, role={self.role!r}")
 
 
-class QuantLinear(_QuantLayer):
+class QuantLinear(QuantLayer):
     """Linear on fake-quantized weights/bias. Input (N,in) float32 → output (N,out)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

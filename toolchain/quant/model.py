@@ -8,8 +8,8 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from .layers import _QuantLayer
-from .quantizers import IntWeightPerChannelFloat, _ActPerTensorFloat, _Quantizer
+from .layers import QuantLayer
+from .quantizers import IntWeightPerChannelFloat, ActPerTensorFloat, _Quantizer
 from .scheme import QuantScheme
 
 
@@ -40,15 +40,15 @@ class QuantizedModel(nn.Module):
         return out[0] if isinstance(out, (tuple, list)) else out
 
     # ---- views ---------------------------------------------------------------
-    def layers(self) -> dict[str, _QuantLayer]:
+    def layers(self) -> dict[str, QuantLayer]:
         """Quantized Conv/Linear layers by graph module path, in graph order."""
         return {n.target: self.gm.get_submodule(n.target) for n in self.gm.graph.nodes
-                if n.op == "call_module" and isinstance(self.gm.get_submodule(n.target), _QuantLayer)}
+                if n.op == "call_module" and isinstance(self.gm.get_submodule(n.target), QuantLayer)}
 
-    def act_quantizers(self) -> dict[str, _ActPerTensorFloat]:
+    def act_quantizers(self) -> dict[str, ActPerTensorFloat]:
         """Activation quantizers by graph module path, in graph order."""
         return {n.target: self.gm.get_submodule(n.target) for n in self.gm.graph.nodes
-                if n.op == "call_module" and isinstance(self.gm.get_submodule(n.target), _ActPerTensorFloat)}
+                if n.op == "call_module" and isinstance(self.gm.get_submodule(n.target), ActPerTensorFloat)}
 
     def weight_quantizers(self) -> dict[str, IntWeightPerChannelFloat]:
         return {name + ".weight_quant": layer.weight_quant for name, layer in self.layers().items()}

@@ -115,7 +115,7 @@ class IntWeightPerChannelFloat(_Quantizer):
         return quantize(weight, s, torch.zeros_like(s), self.qmin, self.qmax).to(torch.int8)
 
 
-class _ActPerTensorFloat(_Quantizer):
+class ActPerTensorFloat(_Quantizer):
     """Per-tensor activation quantizer in a uint8 container: codes in [0, 2**bits - 1]."""
 
     #: True when the zero_point is fixed at 0 (tensor known to be >= 0)
@@ -183,30 +183,30 @@ class _ActPerTensorFloat(_Quantizer):
         return quantize(x, self.effective_scale(), self.zero_point, self.qmin, self.qmax).to(torch.uint8)
 
 
-class UintActPerTensorFloat(_ActPerTensorFloat):
+class UintActPerTensorFloat(ActPerTensorFloat):
     """Unsigned activation quantizer with zero_point 0 (after ReLU/ReLU6): codes [0, 2**bits-1]."""
 
     unsigned_input = True
 
 
-class ShiftedUintActPerTensorFloat(_ActPerTensorFloat):
+class ShiftedUintActPerTensorFloat(ActPerTensorFloat):
     """Asymmetric activation quantizer: uint codes [0, 2**bits-1] with an integer zero_point."""
 
     unsigned_input = False
 
 
-ActQuantizer = _ActPerTensorFloat
+ActQuantizer = ActPerTensorFloat
 
 
 def clamp_absorbed(node, module_of) -> bool:
     """Whether a ReLU/ReLU6/clamp fx ``node`` can be dropped: every user is an activation quantizer
     (``module_of(user)`` gives its module) whose saturation does the clamp
-    (:meth:`_ActPerTensorFloat.clamp_is_redundant`). The export drops such a clamp and the
+    (:meth:`ActPerTensorFloat.clamp_is_redundant`). The export drops such a clamp and the
     integer-exact simulation lets the fused kernel's saturation do it, so both ask this one check.
     """
     from . import ops
     lo, hi = ops.clamp_bounds(node)
     users = list(node.users)
     return bool(users) and all(
-        u.op == "call_module" and isinstance(module_of(u), _ActPerTensorFloat)
+        u.op == "call_module" and isinstance(module_of(u), ActPerTensorFloat)
         and module_of(u).clamp_is_redundant(lo, hi) for u in users)

@@ -37,7 +37,7 @@ from ..naming import unique_name
 from ..targets import is_depthwise
 from . import ops
 from .fold import fold_bn
-from .layers import QuantConv2d, QuantLinear, _QuantLayer
+from .layers import QuantConv2d, QuantLinear, QuantLayer
 from .model import QuantizedModel
 from .quantizers import ShiftedUintActPerTensorFloat, UintActPerTensorFloat
 from .scheme import QuantScheme
@@ -123,10 +123,10 @@ def _module_path(weight_node: fx.Node, taken: set[str]) -> str:
     return unique_name(path, taken)
 
 
-def _replace_layers(gm: fx.GraphModule, scheme: QuantScheme) -> dict[fx.Node, _QuantLayer]:
+def _replace_layers(gm: fx.GraphModule, scheme: QuantScheme) -> dict[fx.Node, QuantLayer]:
     """Fold BN into Conv/Linear and swap them for quantized layer modules; returns node → layer."""
     g = gm.graph
-    layers: dict[fx.Node, _QuantLayer] = {}
+    layers: dict[fx.Node, QuantLayer] = {}
     taken: set[str] = set()
     for n in list(g.nodes):
         if n.op != "call_function" or n.target not in ops.CONV | ops.LINEAR:
