@@ -9,8 +9,8 @@ Usage:
 Needs the ``toolchain`` package importable: either zqtool installed, or these files
 copied next to this script (keeping their paths):
 
-    toolchain/__init__.py  toolchain/errors.py  toolchain/targets.py  toolchain/models/meta.py
-    toolchain/data/        toolchain/verify/
+    toolchain/__init__.py  toolchain/targets.py
+    toolchain/core/        toolchain/data/        toolchain/verify/
 
 Prints the report as a plain-text table; ``--json`` also writes the full report.
 Errors are printed on one line to stderr, exit status 2.
@@ -21,8 +21,7 @@ from __future__ import annotations
 import os
 import sys
 
-NEEDED = ("toolchain/__init__.py, toolchain/errors.py, toolchain/targets.py, toolchain/models/meta.py, "
-          "toolchain/data/, toolchain/verify/")
+NEEDED = "toolchain/__init__.py, toolchain/targets.py, toolchain/core/, toolchain/data/, toolchain/verify/"
 
 
 def main(argv: list[str] | None = None) -> int:

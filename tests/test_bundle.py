@@ -13,8 +13,9 @@ import pytest
 from typer.testing import CliRunner
 
 from helpers import tiny_npz, tiny_state_dict_file
-from toolchain.artifacts import Store, file_sha256
+from toolchain.artifacts import Store
 from toolchain.cli import app
+from toolchain.core.keys import file_sha256
 from toolchain.pipeline import export_stage, load_stage, quantize_stage
 from toolchain.quant.scheme import QuantScheme
 
@@ -52,7 +53,10 @@ def test_bundle_holds_models_verifier_data_and_manifest(exported, tmp_path):
     import zipfile
     members = zipfile.ZipFile(out / "verify.pyz").namelist()
     assert "__main__.py" in members and "toolchain/verify/runner.py" in members
-    assert not any(m.startswith(("toolchain/quant/", "toolchain/methods/", "toolchain/export/")) for m in members)
+    assert "toolchain/core/meta.py" in members and "toolchain/core/errors.py" in members
+    assert not any(m.startswith(("toolchain/quant/", "toolchain/methods/", "toolchain/export/",
+                                 "toolchain/models/", "toolchain/graph/")) for m in members)
+    assert "toolchain/errors.py" not in members  # the device imports the errors from the core
 
 
 def test_bundled_verifier_runs_without_the_repo_and_saves_outputs(exported, tmp_path):

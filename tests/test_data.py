@@ -15,11 +15,8 @@ from toolchain.data import (
     preprocess,
     resize_shorter_side,
 )
-from toolchain.errors import ConfigError, DataError
-from toolchain.verify.model_card import model_meta_module
-
-# toolchain.models' __init__ imports torch; the verifier's loader gives ModelMeta without it
-ModelMeta = model_meta_module().ModelMeta
+from toolchain.core.errors import ConfigError, DataError
+from toolchain.core.meta import ModelMeta
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from conftest import RESNET56, need
 from torch import nn
 
-from toolchain.errors import (
+from toolchain.core.errors import (
     ConfigError,
     InputFileError,
     ModelMismatchError,
@@ -22,15 +22,11 @@ from toolchain.errors import (
     UnsupportedModelError,
     ZqError,
 )
+from toolchain.graph.fx import fp_module
+from toolchain.graph.ops import has_batchnorm
 from toolchain.models import get_arch
-from toolchain.models.loader import (
-    LoadedModel,
-    export_model,
-    fp_module,
-    has_batchnorm,
-    load_model,
-    require_batchnorm,
-)
+from toolchain.models.dynamic_batch import export_model
+from toolchain.models.loader import LoadedModel, load_model, require_batchnorm
 from toolchain.models.tiny import TinyNet
 
 SHAPE = (1, 8, 8)

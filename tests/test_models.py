@@ -6,11 +6,12 @@ import pytest
 import torch
 from torch import nn
 
-from toolchain.errors import ConfigError
+from toolchain.core.errors import ConfigError
+from toolchain.core.meta import ModelMeta
+from toolchain.graph.fx import fp_module
 from toolchain.models import get_arch, list_archs, register_arch
 from toolchain.models.cifar_resnet import ShortcutA
-from toolchain.models.loader import export_model, fp_module
-from toolchain.models.meta import ModelMeta
+from toolchain.models.dynamic_batch import export_model
 
 ZOO = ["mobilenet_v2", "resnet110", "resnet18", "resnet20", "resnet32", "resnet44", "resnet50",
        "resnet56", "tinynet"]

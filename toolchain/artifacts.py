@@ -4,13 +4,13 @@ A stage's output lives in ``<root>/<stage>/<key>/`` where ``key`` hashes everyth
 output depends on (input artifact key, method, full config, seed, tool version). A stage
 whose directory exists is complete and is reused; work happens in a temporary sibling
 directory renamed into place at the end, so an interrupted stage leaves no half-written
-artifact. Each directory holds ``config.json`` saying how it was made.
+artifact. Each directory holds ``config.json`` saying how it was made. The keys themselves
+(:func:`~toolchain.core.keys.content_key`) are computed in the torch-free core.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import shutil
@@ -19,27 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-
-KEY_LEN = 16
-
-
-def canonical_json(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
-
-
-def content_key(payload: dict) -> str:
-    """sha256 (hex, first 16 characters) of the canonical JSON of ``payload`` + tool version."""
-    body = canonical_json({"zqtool": __version__, **payload})
-    return hashlib.sha256(body.encode()).hexdigest()[:KEY_LEN]
-
-
-def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
-    """sha256 hex digest of a file, streamed."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
+from .core.keys import content_key, file_sha256  # noqa: F401  (shim: import them from core.keys)
 
 
 @contextlib.contextmanager
@@ -88,6 +68,7 @@ def write_json(path: str | Path, obj: Any) -> None:
 
 
 def read_json(path: str | Path) -> Any:
+    """The JSON value stored in ``path`` (UTF-8)."""
     return json.loads(Path(path).read_text())
 
 

@@ -4,7 +4,7 @@
 
     model.qdq.onnx    the deployed model            model.fp32.onnx   its FP32 reference
     model.qdq.ort     (--ort) onnxruntime's ORT format, converted for the target platform
-    verify.pyz        the torch-free verifier (toolchain.data + toolchain.verify, a stdlib zipapp)
+    verify.pyz        the torch-free verifier (toolchain.core + .data + .verify, a stdlib zipapp)
     test.npz | data/  (--data) the eval data, copied
     README.txt        the one command to run
     bundle.json       manifest: model card, target, file sizes and sha256
@@ -26,13 +26,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import __version__
-from .artifacts import atomic_dir, file_sha256
-from .errors import ConfigError, InputFileError
+from .artifacts import atomic_dir
+from .core.errors import ConfigError, InputFileError
+from .core.keys import file_sha256
 from .targets import TARGETS
 
 #: the torch-free modules the verifier needs (paths inside the ``toolchain`` package)
-VERIFIER_FILES = ("__init__.py", "errors.py", "targets.py", "models/__init__.py", "models/meta.py")
-VERIFIER_DIRS = ("data", "verify")
+VERIFIER_FILES = ("__init__.py", "targets.py")
+#: the torch-free packages it needs: the core (model card, errors), the eval-set readers, verify
+VERIFIER_DIRS = ("core", "data", "verify")
 #: ORT-format conversion platform per target (portable: edge devices first)
 ORT_PLATFORM = {"arm64": "arm", "portable": "arm", "x86-vnni": "amd64"}
 

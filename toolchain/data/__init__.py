@@ -1,11 +1,11 @@
 """Evaluation-data readers (torch-free): labelled images in, model-ready float batches out.
 
 An :class:`EvalSet` yields ``(x float32 (B,C,H,W), y int64 (B,))`` batches preprocessed
-for a model card (:class:`~toolchain.models.meta.ModelMeta`). Readers: ``.npz`` files
+for a model card (:class:`~toolchain.core.meta.ModelMeta`). Readers: ``.npz`` files
 (:class:`NpzEvalSet`) and image folders with ``labels.csv`` (:class:`ImageFolderEvalSet`);
 :func:`open_eval_set` picks one by path. Needs numpy, and Pillow only to decode or
 resize images. Every problem with the data is raised as
-:class:`~toolchain.errors.DataError`.
+:class:`~toolchain.core.errors.DataError`.
 """
 
 from .folder import ImageFolderEvalSet

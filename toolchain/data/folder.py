@@ -6,16 +6,14 @@ import csv
 import hashlib
 from collections.abc import Iterator
 from pathlib import Path, PurePath
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..errors import DataError
+from ..core.errors import DataError
+from ..core.meta import ModelMeta
 from .preprocess import preprocess
 from .protocol import check_batch_size, check_labels, check_limit
 
-if TYPE_CHECKING:  # annotations only: toolchain.models' __init__ imports torch
-    from ..models.meta import ModelMeta
 
 LABELS_CSV = "labels.csv"
 IMAGES_DIR = "images"

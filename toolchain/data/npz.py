@@ -5,17 +5,15 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..errors import DataError
+from ..core.errors import DataError
+from ..core.meta import ModelMeta
 from .preprocess import preprocess
 from .protocol import (as_int64_labels, check_batch_size, check_labels, check_limit, check_mask_values,
                        check_masks, check_task, transform_masks)
 
-if TYPE_CHECKING:  # annotations only: toolchain.models' __init__ imports torch
-    from ..models.meta import ModelMeta
 
 _HINT = "save it with np.savez(path, images=<uint8 (N,H,W,C)>, labels=<int64 (N,)>)"
 _SEG_HINT = ("a segmentation model takes np.savez(path, images=<uint8 (N,H,W,C)>, masks=<uint8 (N,H,W)>) "

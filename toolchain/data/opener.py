@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import DataError
+from ..core.errors import DataError
 from .folder import LABELS_CSV, ImageFolderEvalSet
 from .npz import NpzEvalSet
 from .protocol import EvalSet

@@ -8,14 +8,11 @@ Pillow and numpy only (no torch).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..errors import DataError
-
-if TYPE_CHECKING:  # annotations only: toolchain.models' __init__ imports torch
-    from ..models.meta import ModelMeta
+from ..core.errors import DataError
+from ..core.meta import ModelMeta
 
 
 def _as_hwc(img: np.ndarray, index: int) -> np.ndarray:

@@ -8,20 +8,18 @@ reader can satisfy, so stage 4 never cares whether images come from an
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from ..errors import ConfigError, DataError
-
-if TYPE_CHECKING:  # annotations only: toolchain.models' __init__ imports torch
-    from ..models.meta import ModelMeta
+from ..core.errors import ConfigError, DataError
+from ..core.meta import TASKS, ModelMeta
 
 
 #: mask value marking a pixel as unlabelled: not counted in pixel accuracy or mIoU
 IGNORE_INDEX = 255
 #: what ``task`` a reader may be opened for (None: whatever the data holds)
-EVAL_TASKS = ("classification", "segmentation")
+EVAL_TASKS = TASKS
 
 
 @runtime_checkable

@@ -1,8 +1,10 @@
 """Model zoo, architecture registry and the model loader (stage 1).
 
-Importing this package imports nothing heavy, so :mod:`.meta` (the model card) stays
-usable where torch is not installed (stage 4 on a device). The zoo architectures are
-registered on first use of :func:`get_arch` / :func:`list_archs`.
+:mod:`.loader` (``load_model``) reads a user's file through :mod:`.sniff`, :mod:`.unpickle`,
+:mod:`.fitting` and :mod:`.dynamic_batch`. The model card it writes lives in the torch-free
+:mod:`toolchain.core.meta`; nothing torch-free imports this package. Importing it imports
+nothing heavy: the zoo architectures are registered on first use of :func:`get_arch` /
+:func:`list_archs`.
 """
 
 __all__ = ["ArchSpec", "get_arch", "list_archs", "register_arch"]

@@ -20,8 +20,8 @@ import difflib
 from dataclasses import dataclass
 from typing import Callable
 
-from ..errors import ConfigError
-from .meta import ModelMeta
+from ..core.errors import ConfigError
+from ..core.meta import ModelMeta
 
 #: ``builder(num_classes, in_channels) -> torch.nn.Module``
 Builder = Callable[[int, int], "object"]

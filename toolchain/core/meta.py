@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field, fields
 
-from ..errors import ConfigError
+from .errors import ConfigError
+
+__all__ = ["ONNX_META_PREFIX", "TASKS", "ModelMeta"]
 
 #: prefix of the ONNX metadata_props keys that carry a ModelMeta
 ONNX_META_PREFIX = "zqtool."

@@ -8,6 +8,9 @@ shows a traceback for these. Code raises the most specific subclass.
 
 from __future__ import annotations
 
+__all__ = ["ConfigError", "DataError", "InputFileError", "ModelMismatchError", "UnsafeModelError",
+           "UnsupportedModelError", "ZqError", "first_line"]
+
 
 class ZqError(Exception):
     """Base class of errors meant for the user.
@@ -50,3 +53,10 @@ class ConfigError(ZqError):
 
 class DataError(ZqError):
     """An evaluation data set is missing or malformed."""
+
+
+def first_line(e: BaseException) -> str:
+    """The first non-empty line of an exception's message (stripped), or its type name: how a
+    third-party exception (torch, zip, pickle) is quoted inside a one-line :class:`ZqError`."""
+    text = str(e).strip()
+    return text.splitlines()[0].strip() if text else type(e).__name__
