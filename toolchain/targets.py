@@ -34,7 +34,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .errors import ConfigError
+from .core.errors import ConfigError
 
 #: largest int16 value: the bound of a saturating pair sum (vpmaddubsw)
 INT16_MAX = 32767
@@ -50,13 +50,17 @@ class Target:
         int16_pair_safe: whether every integer layer must satisfy
             ``2 · qmax_act · qmax_weight ≤ 32,767`` (see the module docstring).
         narrow: what a layer that would break the bound narrows: ``"weight"`` (its weight codes,
-            8 → 7 bits) or ``"act"`` (the activation codes it reads, 8 → 7 bits, for every consumer).
+            8 → 7 bits) or ``"act"`` (the activation codes it reads, 8 → 7 bits, for every consumer);
+            a key of :data:`NARROWINGS`.
         fused_add: whether a residual Add of two quantized tensors may run as onnxruntime's
             QLinearAdd. QLinearAdd requantizes in float32 on x86 and in fixed point on ARM64, so the
             same file gives different codes on the two (measured: ResNet-20 W8A8, 4 of 1,017 top-1
             flips on an emulated Cortex-A72); without it the Add is written as ONNX ``Sum`` (not fused:
             one IEEE float32 addition of the dequantized inputs, then QuantizeLinear) — the same bits
             on every CPU.
+
+    Raises:
+        ConfigError: ``narrow`` is not a key of :data:`NARROWINGS`.
     """
 
     name: str
@@ -65,40 +69,19 @@ class Target:
     narrow: str = "weight"
     fused_add: bool = True
 
+    def __post_init__(self):
+        if self.narrow not in NARROWINGS:
+            raise ConfigError(f"target {self.name!r}: unknown narrow={self.narrow!r}",
+                              f"choose one of {', '.join(NARROWINGS)}")
+
     def layer_bits(self, weight_bits: int, act_bits: int, *, depthwise: bool = False) -> tuple[int, int]:
         """(weight bits, input activation bits) of a layer on this target, from what its role asks
-        (``depthwise``: a depthwise convolution, whose kernel has no int16 pair sums)."""
+        (``depthwise``: a depthwise convolution, whose kernel has no int16 pair sums). On an
+        int16-pair-safe target a layer that could saturate narrows by :data:`NARROWINGS`."""
         if not self.int16_pair_safe or depthwise or \
                 pair_sum_safe(2 ** act_bits - 1, 2 ** (weight_bits - 1) - 1):
             return int(weight_bits), int(act_bits)
-        if self.narrow == "act":
-            return int(weight_bits), _widest(act_bits, lambda a: pair_sum_safe(2 ** a - 1, 2 ** (weight_bits - 1) - 1))
-        return safe_weight_bits(weight_bits, act_bits), int(act_bits)
-
-
-TARGETS: dict[str, Target] = {}
-
-
-def register_target(target: Target) -> Target:
-    TARGETS[target.name] = target
-    return target
-
-
-PORTABLE = register_target(Target(
-    "portable", "exact on every x86-64 and ARM64 CPU (7-bit weight codes where 8-bit ones could saturate "
-    "onnxruntime's AVX2 kernels; residual adds in float, which ARM's QLinearAdd rounds differently)", True,
-    fused_add=False))
-register_target(Target("x86-vnni", "full 8-bit ranges for x86-64 CPUs with AVX512-VNNI, AVX-VNNI or AMX", False))
-register_target(Target("arm64", "full 8-bit ranges for ARM64 CPUs (NEON, dot-product)", False))
-DEFAULT_TARGET = PORTABLE.name
-
-
-def get_target(name: str) -> Target:
-    """The registered target ``name``. Raises ConfigError listing the registered ones."""
-    try:
-        return TARGETS[name]
-    except KeyError:
-        raise ConfigError(f"unknown --target {name!r}", f"choose one of {', '.join(TARGETS)}") from None
+        return NARROWINGS[self.narrow](int(weight_bits), int(act_bits))
 
 
 def is_depthwise(out_channels: int, in_channels_per_group: int, groups: int) -> bool:
@@ -123,9 +106,46 @@ def safe_weight_bits(weight_bits: int, act_bits: int) -> int:
     return _widest(weight_bits, lambda w: pair_sum_safe(2 ** act_bits - 1, 2 ** (w - 1) - 1))
 
 
+def safe_act_bits(weight_bits: int, act_bits: int) -> int:
+    """The largest unsigned activation width ≤ ``act_bits`` whose codes are pair-sum safe with
+    ``weight_bits``-bit narrow-range weights."""
+    return _widest(act_bits, lambda a: pair_sum_safe(2 ** a - 1, 2 ** (weight_bits - 1) - 1))
+
+
 def _widest(bits: int, safe) -> int:
     """The largest width ≤ ``bits`` (down to 2) for which ``safe(width)`` holds."""
     b = int(bits)
     while b > 2 and not safe(b):
         b -= 1
     return b
+
+
+#: ``Target.narrow`` → (weight bits, act bits) → the pair-sum-safe (weight bits, act bits)
+NARROWINGS = {
+    "weight": lambda w, a: (safe_weight_bits(w, a), a),
+    "act": lambda w, a: (w, safe_act_bits(w, a)),
+}
+
+TARGETS: dict[str, Target] = {}
+
+
+def register_target(target: Target) -> Target:
+    TARGETS[target.name] = target
+    return target
+
+
+PORTABLE = register_target(Target(
+    "portable", "exact on every x86-64 and ARM64 CPU (7-bit weight codes where 8-bit ones could saturate "
+    "onnxruntime's AVX2 kernels; residual adds in float, which ARM's QLinearAdd rounds differently)", True,
+    fused_add=False))
+register_target(Target("x86-vnni", "full 8-bit ranges for x86-64 CPUs with AVX512-VNNI, AVX-VNNI or AMX", False))
+register_target(Target("arm64", "full 8-bit ranges for ARM64 CPUs (NEON, dot-product)", False))
+DEFAULT_TARGET = PORTABLE.name
+
+
+def get_target(name: str) -> Target:
+    """The registered target ``name``. Raises ConfigError listing the registered ones."""
+    try:
+        return TARGETS[name]
+    except KeyError:
+        raise ConfigError(f"unknown --target {name!r}", f"choose one of {', '.join(TARGETS)}") from None

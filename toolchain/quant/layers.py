@@ -13,24 +13,41 @@ import torch.nn.functional as F
 from torch import nn
 
 from .fake_quant import fake_quantize, quantize
-from .quantizers import IntWeightPerChannelFloat, ActPerTensorFloat
+from .quantizers import ActPerTensorFloat, Quantizer, quantizer_from_spec
+from .spec import QuantSpec
 
 INT32_MIN, INT32_MAX = -(2 ** 31), 2 ** 31 - 1
 
 
 class QuantLayer(nn.Module):
-    """Float weight + bias (BN folded), a per-channel weight quantizer, a link to the input quantizer."""
+    """Float weight + bias (BN folded), a per-channel weight quantizer, a link to the input quantizer.
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, wbits: int):
+    Args:
+        weight: (Cout, ...) float32 (BN folded).
+        bias: (Cout,) or None (zeros).
+        weight_spec: the weight's grid (per-channel along axis 0; :mod:`.spec`); the quantizer is
+            built from it (:func:`.quantizers.quantizer_from_spec`) and min-max initialized.
+    """
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, weight_spec: QuantSpec):
         super().__init__()
         self.weight = nn.Parameter(weight.detach().clone().float())
         b = torch.zeros(weight.shape[0]) if bias is None else bias.detach().clone().float()
         self.bias = nn.Parameter(b)
-        self.weight_quant = IntWeightPerChannelFloat(wbits, weight.shape[0], axis=0)
-        self.weight_quant.init_from(self.weight)
+        self.weight_quant: Quantizer
+        self.set_weight_spec(weight_spec)
         self._input_quant: ActPerTensorFloat | None = None
         #: "first", "last", "first+last" or "" — set by the rewrite
         self.role = ""
+
+    def set_weight_spec(self, spec: QuantSpec) -> None:
+        """Give the weights a fresh quantizer for ``spec``, min-max initialized (``init_from``).
+
+        Raises:
+            ConfigError: no quantizer implements ``spec``.
+        """
+        self.weight_quant = quantizer_from_spec(spec, self.weight.shape[0])
+        self.weight_quant.init_from(self.weight)
 
     def link_input_quant(self, q: ActPerTensorFloat | None) -> None:
         object.__setattr__(self, "_input_quant", q)
@@ -65,8 +82,8 @@ class QuantLayer(nn.Module):
 class QuantConv2d(QuantLayer):
     """Conv2d on fake-quantized weights/bias. Input (N,Cin,H,W) float32 → output (N,Cout,H',W')."""
 
-    def __init__(self, weight, bias, wbits, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1):
-        super().__init__(weight, bias, wbits)
+    def __init__(self, weight, bias, weight_spec, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1):
+        super().__init__(weight, bias, weight_spec)
         self.stride = tuple(stride)
         self.padding = tuple(padding)
         self.dilation = tuple(dilation)

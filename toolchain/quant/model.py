@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from .layers import QuantLayer
-from .quantizers import IntWeightPerChannelFloat, ActPerTensorFloat, _Quantizer
+from .quantizers import ActPerTensorFloat, IntWeightPerChannelFloat, Quantizer
 from .scheme import QuantScheme
 
 
@@ -24,7 +24,7 @@ class QuantizedModel(nn.Module):
     Attributes:
         gm: the rewritten ``torch.fx.GraphModule`` (call_module nodes for
             QuantConv2d/QuantLinear layers and activation quantizers; ATen ops elsewhere).
-        scheme: the bit widths.
+        scheme: the scheme it was built with (each tensor role's spec; :class:`.scheme.QuantScheme`).
     """
 
     def __init__(self, gm: torch.fx.GraphModule, scheme: QuantScheme):
@@ -53,7 +53,7 @@ class QuantizedModel(nn.Module):
     def weight_quantizers(self) -> dict[str, IntWeightPerChannelFloat]:
         return {name + ".weight_quant": layer.weight_quant for name, layer in self.layers().items()}
 
-    def quantizers(self) -> Iterator[_Quantizer]:
+    def quantizers(self) -> Iterator[Quantizer]:
         yield from self.act_quantizers().values()
         yield from (layer.weight_quant for layer in self.layers().values())
 

@@ -12,16 +12,24 @@ Activation codes of any width <= 8 live in a uint8 container: qmin = 0,
 qmax = 2**bits - 1 (QDQ export writes QuantizeLinear(uint8) → Clip(0, qmax) →
 DequantizeLinear for bits < 8).
 
+Each quantizer implements one :class:`~.spec.QuantSpec` (``q.spec``; ``bits``, ``qmin`` and ``qmax``
+read it); :func:`quantizer_from_spec` builds the quantizer a spec asks for, by the registry
+:data:`QUANTIZERS` (spec kind → class), as the rewrite does for every tensor role of the scheme.
+
 Every quantizer has a ``mode``: ``"quant"`` (fake-quantize), or ``"float"``
 (pass the input through, for the FP pass of calibration and for teacher runs).
 """
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import nn
 
+from ..core.errors import ConfigError
 from .fake_quant import channel_view, fake_quantize, quantize
+from .spec import QuantSpec, shifted_act_spec, unsigned_act_spec, weight_spec
 
 #: smallest scale a quantizer may hold (keeps x/scale finite)
 MIN_SCALE = 1e-8
@@ -29,26 +37,80 @@ MIN_SCALE = 1e-8
 MODES = ("quant", "float")
 
 
-class _Quantizer(nn.Module):
-    """Shared state: bit width, integer range, scale (Parameter), zero_point (buffer), mode."""
+#: spec kind (:attr:`QuantSpec.kind`: dtype, per-channel, zero-point rule) → quantizer class
+QUANTIZERS: dict[tuple[str, bool, str], type["Quantizer"]] = {}
 
-    signed: bool = False
 
-    def __init__(self, bits: int, scale_shape: tuple[int, ...]):
+def register_quantizer(cls: type["Quantizer"]) -> type["Quantizer"]:
+    """Class decorator: ``cls`` implements the specs of kind ``cls.KIND``."""
+    QUANTIZERS[cls.KIND] = cls
+    return cls
+
+
+def quantizer_from_spec(spec: QuantSpec, num_channels: int | None = None) -> "Quantizer":
+    """A fresh quantizer (scale 1, zero_point 0, mode "quant") implementing ``spec``.
+
+    Args:
+        spec: the tensor's grid.
+        num_channels: the size of dimension ``spec.axis`` of the tensor (per-channel specs only).
+
+    Raises:
+        ConfigError: no registered quantizer implements ``spec`` (or a per-channel spec without
+            ``num_channels``).
+    """
+    cls = QUANTIZERS.get(spec.kind)
+    if cls is None:
+        raise ConfigError(f"no quantizer implements {spec}",
+                          f"registered kinds (dtype, per_channel, zero_point): {', '.join(map(str, QUANTIZERS))}")
+    return cls.from_spec(spec, num_channels)
+
+
+class Quantizer(nn.Module):
+    """Shared state: the spec (bit width, integer range), scale (Parameter), zero_point (buffer), mode.
+
+    Subclasses set ``KIND`` (the :attr:`QuantSpec.kind` they implement) and ``_build`` (spec →
+    instance) and are registered with :func:`register_quantizer`. The spec is fixed for the
+    quantizer's life: a different grid is a different quantizer.
+    """
+
+    KIND: tuple[str, bool, str]
+
+    def __init__(self, spec: QuantSpec, scale_shape: tuple[int, ...]):
         super().__init__()
-        self.bits = int(bits)
+        self.spec = spec
         self.scale = nn.Parameter(torch.ones(scale_shape), requires_grad=False)
         self.register_buffer("zero_point", torch.zeros(scale_shape))
         self.mode = "quant"
 
+    @classmethod
+    def from_spec(cls, spec: QuantSpec, num_channels: int | None = None) -> "Quantizer":
+        """A quantizer of class ``cls`` for ``spec``.
+
+        Raises:
+            ConfigError: ``cls`` implements another grid of this kind (e.g. not narrow range).
+        """
+        q = cls._build(spec, num_channels)
+        if q.spec != spec:
+            raise ConfigError(f"{cls.__name__} implements {q.spec}, not {spec}",
+                              "register a quantizer for this spec with register_quantizer")
+        return q
+
+    @classmethod
+    def _build(cls, spec: QuantSpec, num_channels: int | None) -> "Quantizer":
+        raise NotImplementedError
+
     # integer range ---------------------------------------------------------
     @property
+    def bits(self) -> int:
+        return self.spec.bits
+
+    @property
     def qmin(self) -> int:
-        raise NotImplementedError
+        return self.spec.qmin
 
     @property
     def qmax(self) -> int:
-        raise NotImplementedError
+        return self.spec.qmax
 
     def effective_scale(self) -> torch.Tensor:
         """The scale actually used (clamped positive); export writes exactly this tensor."""
@@ -67,7 +129,8 @@ class _Quantizer(nn.Module):
         return f"bits={self.bits}, qmin={self.qmin}, qmax={self.qmax}, mode={self.mode}"
 
 
-class IntWeightPerChannelFloat(_Quantizer):
+@register_quantizer
+class IntWeightPerChannelFloat(Quantizer):
     """Per-output-channel symmetric narrow-range weight quantizer.
 
     Args:
@@ -78,19 +141,18 @@ class IntWeightPerChannelFloat(_Quantizer):
     ``forward(weight)`` returns the fake-quantized weight, same shape/dtype (float32).
     """
 
-    signed = True
+    KIND = ("int8", True, "zero")
 
     def __init__(self, bits: int, num_channels: int, axis: int = 0):
-        super().__init__(bits, (num_channels,))
+        super().__init__(weight_spec(bits, axis), (num_channels,))
         self.axis = axis
 
-    @property
-    def qmax(self) -> int:
-        return 2 ** (self.bits - 1) - 1
-
-    @property
-    def qmin(self) -> int:
-        return -self.qmax
+    @classmethod
+    def _build(cls, spec: QuantSpec, num_channels: int | None) -> "IntWeightPerChannelFloat":
+        if num_channels is None:
+            raise ConfigError(f"a per-channel spec needs the size of axis {spec.axis}",
+                              "pass num_channels to quantizer_from_spec")
+        return cls(spec.bits, num_channels, axis=spec.axis)
 
     @torch.no_grad()
     def init_from(self, weight: torch.Tensor) -> None:
@@ -115,22 +177,27 @@ class IntWeightPerChannelFloat(_Quantizer):
         return quantize(weight, s, torch.zeros_like(s), self.qmin, self.qmax).to(torch.int8)
 
 
-class ActPerTensorFloat(_Quantizer):
-    """Per-tensor activation quantizer in a uint8 container: codes in [0, 2**bits - 1]."""
+class ActPerTensorFloat(Quantizer):
+    """Per-tensor activation quantizer in a uint8 container: codes in [0, 2**bits - 1].
 
-    #: True when the zero_point is fixed at 0 (tensor known to be >= 0)
-    unsigned_input: bool = True
+    The concrete classes fix the zero-point rule (``make_spec``: bits → their spec):
+    :class:`UintActPerTensorFloat` (0) and :class:`ShiftedUintActPerTensorFloat` (from the range).
+    """
+
+    #: bits → the spec of the class (set by each concrete class)
+    make_spec: Callable[[int], QuantSpec]
 
     def __init__(self, bits: int):
-        super().__init__(bits, ())
+        super().__init__(self.make_spec(bits), ())
+
+    @classmethod
+    def _build(cls, spec: QuantSpec, num_channels: int | None) -> "ActPerTensorFloat":
+        return cls(spec.bits)
 
     @property
-    def qmin(self) -> int:
-        return 0
-
-    @property
-    def qmax(self) -> int:
-        return 2 ** self.bits - 1
+    def unsigned_input(self) -> bool:
+        """True when the zero_point is fixed at 0 (tensor known to be >= 0)."""
+        return self.spec.fixed_zero_point
 
     @torch.no_grad()
     def set_range(self, lo: float, hi: float) -> None:
@@ -183,19 +250,20 @@ class ActPerTensorFloat(_Quantizer):
         return quantize(x, self.effective_scale(), self.zero_point, self.qmin, self.qmax).to(torch.uint8)
 
 
+@register_quantizer
 class UintActPerTensorFloat(ActPerTensorFloat):
     """Unsigned activation quantizer with zero_point 0 (after ReLU/ReLU6): codes [0, 2**bits-1]."""
 
-    unsigned_input = True
+    KIND = ("uint8", False, "zero")
+    make_spec = staticmethod(unsigned_act_spec)
 
 
+@register_quantizer
 class ShiftedUintActPerTensorFloat(ActPerTensorFloat):
     """Asymmetric activation quantizer: uint codes [0, 2**bits-1] with an integer zero_point."""
 
-    unsigned_input = False
-
-
-ActQuantizer = ActPerTensorFloat
+    KIND = ("uint8", False, "shifted")
+    make_spec = staticmethod(shifted_act_spec)
 
 
 def clamp_absorbed(node, module_of) -> bool:
@@ -204,7 +272,7 @@ def clamp_absorbed(node, module_of) -> bool:
     (:meth:`ActPerTensorFloat.clamp_is_redundant`). The export drops such a clamp and the
     integer-exact simulation lets the fused kernel's saturation do it, so both ask this one check.
     """
-    from . import ops
+    from ..graph import ops
     lo, hi = ops.clamp_bounds(node)
     users = list(node.users)
     return bool(users) and all(

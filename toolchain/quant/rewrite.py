@@ -12,11 +12,13 @@ ATen graph of ``ExportedProgram.module()``:
    included — and every COMPUTE output that feeds another op is quantized (after the ReLU/ReLU6 that follows it,
    if any, so the quantizer is unsigned with zero_point 0 there). Ops that keep values
    on their input's grid (reshape, slice, zero padding, max pooling) need no quantizer;
-5. bit widths: the first and last Conv/Linear layers (no Conv/Linear before / after
-   them) get ``first_last_bits`` for their weights and input activations, and so does
-   the network input; everything else ``wbits``/``abits``. The scheme's target then
-   narrows a layer's weights where its codes could saturate the target's kernels
-   (:meth:`QuantScheme.layer_bits`). The logits (used only as the graph output)
+5. specs: each quantized tensor's role in the graph — the network input, an activation
+   known to be >= 0 or not, the input of the first/last Conv/Linear layer (no Conv/Linear
+   before / after it) or inner, a first/last or inner layer's weights — is looked up in
+   the scheme (:meth:`QuantScheme.spec`), which then applies its target's rule to each
+   layer's weight and input specs (:meth:`QuantScheme.layer_specs`: e.g. narrower weights
+   where the codes could saturate the target's kernels); every quantizer is built from its
+   spec (:func:`.quantizers.quantizer_from_spec`). The logits (used only as the graph output)
    are left in float.
 
 The FP program is not modified.
@@ -25,29 +27,24 @@ The FP program is not modified.
 from __future__ import annotations
 
 import copy
-import functools
-import operator
 import re
 
 import torch
 from torch import fx
 
-from ..errors import UnsupportedModelError
+from ..core.errors import UnsupportedModelError
+from ..graph.fx import get_attr_value
 from ..naming import unique_name
 from ..targets import is_depthwise
-from . import ops
+from ..graph import ops
 from .fold import fold_bn
 from .layers import QuantConv2d, QuantLinear, QuantLayer
 from .model import QuantizedModel
-from .quantizers import ShiftedUintActPerTensorFloat, UintActPerTensorFloat
-from .scheme import QuantScheme
+from .quantizers import quantizer_from_spec
+from .scheme import QuantScheme, activation_role
+from .spec import QuantSpec
 
 ACT_QUANT_PREFIX = "act_quant"
-
-
-def get_attr_value(gm: torch.nn.Module, target: str) -> torch.Tensor:
-    """The tensor behind a ``get_attr`` target such as ``"layer1.0.conv1.weight"``."""
-    return functools.reduce(getattr, target.split("."), gm)
 
 
 def fp_graph_module(program) -> fx.GraphModule:
@@ -60,7 +57,7 @@ def fp_graph_module(program) -> fx.GraphModule:
     if isinstance(program, fx.GraphModule):
         gm = copy.deepcopy(program)
     else:
-        from ..models.loader import fp_module
+        from ..graph.fx import fp_module
         gm = fp_module(program)
     clean_graph(gm)
     return fx.GraphModule(gm, gm.graph).eval()
@@ -99,21 +96,6 @@ def clean_graph(gm: fx.GraphModule) -> None:
     gm.recompile()
 
 
-def _bn_node_args(bn: fx.Node):
-    """(input, weight, bias, running_mean, running_var, eps) of a BN node."""
-    a = list(bn.args)
-    if bn.target is ops.aten.batch_norm.default:
-        return a[0], a[1], a[2], a[3], a[4], float(a[7])
-    return a[0], a[1], a[2], a[3], a[4], float(a[6])
-
-
-def _bn_output(bn: fx.Node) -> list[fx.Node]:
-    """Nodes that carry the BN output (the node itself, or getitem(…, 0) of the legit op)."""
-    if bn.target is ops.aten.batch_norm.default:
-        return [bn]
-    return [u for u in bn.users if u.target is operator.getitem and u.args[1] == 0]
-
-
 def _val(gm, node):
     return None if node is None else get_attr_value(gm, node.target).detach()
 
@@ -143,13 +125,13 @@ def _replace_layers(gm: fx.GraphModule, scheme: QuantScheme) -> dict[fx.Node, Qu
         users = list(n.users)
         if len(users) == 1 and users[0].target in ops.BATCH_NORM:
             bn = users[0]
-            _, gamma, beta, mean, var, eps = _bn_node_args(bn)
+            _, gamma, beta, mean, var, eps = ops.bn_args(bn)
             gamma, beta = _val(gm, gamma), _val(gm, beta)
             w, b = fold_bn(w, b, gamma, beta, _val(gm, mean), _val(gm, var), eps)
             cout = w.shape[0]
             bn_prior = (torch.zeros(cout) if beta is None else beta.float(),
                         torch.ones(cout) if gamma is None else gamma.float().abs())
-            for out in _bn_output(bn):
+            for out in ops.bn_output(bn):
                 out.replace_all_uses_with(n)
                 g.erase_node(out)
             if bn.target is not ops.aten.batch_norm.default:
@@ -160,9 +142,9 @@ def _replace_layers(gm: fx.GraphModule, scheme: QuantScheme) -> dict[fx.Node, Qu
             if isinstance(padding, str):
                 raise UnsupportedModelError(f"layer {n.name}: padding={padding!r} is not supported",
                                             "use explicit integer padding in the model")
-            layer = QuantConv2d(w, b, scheme.wbits, _pair(stride), _pair(padding), _pair(dilation), groups)
+            layer = QuantConv2d(w, b, scheme.spec("weight"), _pair(stride), _pair(padding), _pair(dilation), groups)
         else:
-            layer = QuantLinear(w, b, scheme.wbits)
+            layer = QuantLinear(w, b, scheme.spec("weight"))
         if bn_prior is not None:
             layer.register_buffer("bn_mean", bn_prior[0], persistent=False)
             layer.register_buffer("bn_std", bn_prior[1], persistent=False)
@@ -233,13 +215,18 @@ def _name_for(n: fx.Node, layers) -> str:
 
 
 class _Inserter:
-    """Inserts activation quantizers and tracks which node lies on which quantizer's grid."""
+    """Inserts activation quantizers and tracks which node lies on which quantizer's grid.
 
-    def __init__(self, gm: fx.GraphModule, layers: dict):
-        self.gm, self.g, self.layers = gm, gm.graph, layers
+    A quantizer is inserted with the spec of an inner activation of its sign; the final spec,
+    which depends on its consumers, replaces it once every quantizer is placed (:func:`_set_specs`).
+    """
+
+    def __init__(self, gm: fx.GraphModule, layers: dict, scheme: QuantScheme):
+        self.gm, self.g, self.layers, self.scheme = gm, gm.graph, layers, scheme
         self.grid: dict[fx.Node, fx.Node] = {}  # node -> quantizer node whose grid it lies on
         self.nonneg: dict = {}
         self.qnodes: dict[fx.Node, fx.Node] = {}  # producer -> its quantizer node
+        self.unsigned: dict[fx.Node, bool] = {}  # quantizer node -> its input is known to be >= 0
         self.names: set[str] = set()
 
     def grid_of(self, n: fx.Node) -> fx.Node | None:
@@ -264,12 +251,13 @@ class _Inserter:
         unsigned = _nonneg(n, self.nonneg)
         name = unique_name(_name_for(n, self.layers), self.names)
         target = f"{ACT_QUANT_PREFIX}.{name}"
-        cls = UintActPerTensorFloat if unsigned else ShiftedUintActPerTensorFloat
-        self.gm.add_submodule(target, cls(8))
+        spec = self.scheme.spec(activation_role(unsigned=unsigned, edge=False))
+        self.gm.add_submodule(target, quantizer_from_spec(spec))
         with self.g.inserting_after(n):
             q = self.g.call_module(target, (n,))
         n.replace_all_uses_with(q, delete_user_cb=lambda u: u is not q)
         self.qnodes[n] = q
+        self.unsigned[q] = unsigned
         self.grid[q] = q
         self.grid[n] = q
         return q
@@ -338,20 +326,54 @@ def _feeds_only_output(n: fx.Node) -> bool:
     return all(u.op == "output" for u in n.users)
 
 
+def _is_edge(qn: fx.Node, layers: dict, output_nodes: set[fx.Node]) -> bool:
+    """Whether quantizer node ``qn`` feeds a first/last layer or the graph output (through
+    grid-preserving ops): its tensor gets ``first_last_bits``."""
+    consumers = _consumers_on_grid(qn)
+    return any(c in layers and layers[c].role for c in consumers) \
+        or any(c in output_nodes or c.op == "output" for c in consumers)
+
+
+def _set_specs(gm: fx.GraphModule, ins: _Inserter, layers: dict, input_q: fx.Node, scheme: QuantScheme) -> None:
+    """Ask the scheme for every quantizer's spec by its tensor's role, build the quantizers, link
+    each layer to its input quantizer.
+
+    Activation specs come first (:meth:`QuantScheme.spec`); then, layer by layer in graph order,
+    the target's rule may narrow a layer's weights or the input spec it shares with later
+    readers (:meth:`QuantScheme.layer_specs`).
+    """
+    output_nodes: set[fx.Node] = set()
+    out_node = next(n for n in gm.graph.nodes if n.op == "output")
+    fx.node.map_arg(out_node.args, lambda a: output_nodes.add(a))
+    act_specs: dict[fx.Node, QuantSpec] = {
+        qn: scheme.spec(activation_role(unsigned=ins.unsigned[qn], edge=_is_edge(qn, layers, output_nodes),
+                                        network_input=qn is input_q))
+        for qn in ins.qnodes.values()}
+    for n, layer in layers.items():
+        qn = ins.grid_of(n.args[0])
+        dw = isinstance(layer, QuantConv2d) and is_depthwise(layer.weight.shape[0], layer.weight.shape[1], layer.groups)
+        w_spec, act_specs[qn] = scheme.layer_specs(layer.role, act_specs[qn], depthwise=dw)
+        layer.set_weight_spec(w_spec)
+    for qn, spec in act_specs.items():
+        gm.add_submodule(qn.target, quantizer_from_spec(spec))
+    for n, layer in layers.items():
+        layer.link_input_quant(gm.get_submodule(ins.grid_of(n.args[0]).target))
+
+
 def quantize_graph(program, scheme: QuantScheme, *, strict: bool = False) -> QuantizedModel:
     """Build the quantized model of an FP program.
 
     Args:
         program: a ``torch.export.ExportedProgram`` (or an FP ``fx.GraphModule``) whose
             forward takes (N, C, H, W) float32 and returns logits.
-        scheme: bit widths.
-        strict: refuse a graph with ops the vocabulary (:mod:`.ops`) does not know, instead of
+        scheme: the spec of each tensor role (:class:`.scheme.QuantScheme`).
+        strict: refuse a graph with ops the vocabulary (:mod:`toolchain.graph.ops`) does not know, instead of
             running them in float between DequantizeLinear and QuantizeLinear.
 
     Returns:
         A :class:`QuantizedModel` whose quantizers are initialized (weights by per-channel
         max|w|; activations to scale 1 — calibrate them before use). ``float_ops`` /
-        ``unknown_ops`` (op name → count, :func:`.ops.op_census`) say what runs in float.
+        ``unknown_ops`` (op name → count, :func:`~toolchain.graph.ops.op_census`) say what runs in float.
 
     Raises:
         UnsupportedModelError: the graph has no Conv/Linear layer, or a layer whose
@@ -363,7 +385,7 @@ def quantize_graph(program, scheme: QuantScheme, *, strict: bool = False) -> Qua
     if not layers:
         raise UnsupportedModelError("the model has no Conv2d or Linear layer to quantize")
     _layer_roles(layers)
-    ins = _Inserter(gm, layers)
+    ins = _Inserter(gm, layers, scheme)
 
     # the network input is always quantized (ARCHITECTURE.md: "the network input included")
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
@@ -379,30 +401,7 @@ def quantize_graph(program, scheme: QuantScheme, *, strict: bool = False) -> Qua
         pt = ins.output_point(n)
         if ins.grid_of(pt) is None and not _feeds_only_output(pt):
             ins.quantize_at(pt)
-    for n in compute:
-        if n in layers:
-            layers[n].link_input_quant(gm.get_submodule(ins.grid_of(n.args[0]).target))
-
-    # bit widths
-    output_nodes: set[fx.Node] = set()
-    out_node = next(n for n in gm.graph.nodes if n.op == "output")
-    fx.node.map_arg(out_node.args, lambda a: output_nodes.add(a))
-    for q, _ in list(ins.qnodes.items()):
-        qn = ins.qnodes[q]
-        mod = gm.get_submodule(qn.target)
-        consumers = _consumers_on_grid(qn)
-        edge = qn is input_q or any(c in layers and layers[c].role for c in consumers) \
-            or any(c in output_nodes or c.op == "output" for c in consumers)
-        mod.bits = scheme.first_last_bits if edge else scheme.abits
-    for n, layer in layers.items():
-        fl = "first" in layer.role or "last" in layer.role
-        # the target's rule (e.g. int16-pair safety on `portable`) sees the codes the layer reads
-        dw = isinstance(layer, QuantConv2d) and is_depthwise(layer.weight.shape[0], layer.weight.shape[1], layer.groups)
-        wbits, abits = scheme.layer_bits(scheme.first_last_bits if fl else scheme.wbits, layer.input_quant.bits,
-                                         depthwise=dw)
-        layer.weight_quant.bits = wbits
-        layer.input_quant.bits = min(layer.input_quant.bits, abits)
-        layer.weight_quant.init_from(layer.weight)
+    _set_specs(gm, ins, layers, input_q, scheme)
 
     gm.graph.eliminate_dead_code()
     gm.graph.lint()

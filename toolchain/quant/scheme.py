@@ -1,19 +1,70 @@
-"""The deploy quantization scheme: which bit widths go where.
+"""The deploy quantization scheme: which grid (:class:`.spec.QuantSpec`) each tensor role gets.
 
 See ARCHITECTURE.md, "The quantized model": weights per-output-channel symmetric
 narrow range, activations per-tensor (unsigned with zero_point 0 after
 ReLU/ReLU6, asymmetric otherwise), every input of Conv/Linear/Add/Concat/Pool
 quantized including the network input, int32 bias, half-to-even rounding.
+
+As PT2E's ``QuantizationConfig``, a :class:`QuantScheme` maps tensor *roles* (:data:`ROLES`) to
+specs, and applies its target's rule (:mod:`toolchain.targets`) to the specs of each layer
+(:meth:`QuantScheme.layer_specs`). The rewrite (:mod:`.rewrite`) only finds each tensor's role in
+the graph and asks; a new target, per-layer widths or a new role change this module, not the
+rewrite. The scheme's own fields are four values (three widths and a target): they key caches and
+the model card, so the specs are derived, never stored. torch-free.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Callable
 
-from ..errors import ConfigError
+from ..core.errors import ConfigError
 from ..targets import DEFAULT_TARGET, get_target
+from .spec import QuantSpec, shifted_act_spec, unsigned_act_spec, weight_spec
 
 MIN_BITS, MAX_BITS = 2, 8
+
+#: tensor role → (what it is, its spec on a scheme). "Edge" tensors are the inputs of the first
+#: and last Conv/Linear layers and the tensors the graph output reads; they get ``first_last_bits``.
+ROLES: dict[str, tuple[str, Callable[["QuantScheme"], QuantSpec]]] = {
+    "input": ("the network input (any sign)", lambda s: shifted_act_spec(s.first_last_bits)),
+    "act.unsigned": ("an inner activation known to be >= 0 (after ReLU/ReLU6)",
+                     lambda s: unsigned_act_spec(s.abits)),
+    "act.signed": ("an inner activation of any sign (residual branches, hardswish, ...)",
+                   lambda s: shifted_act_spec(s.abits)),
+    "edge_act.unsigned": ("an edge activation known to be >= 0", lambda s: unsigned_act_spec(s.first_last_bits)),
+    "edge_act.signed": ("an edge activation of any sign", lambda s: shifted_act_spec(s.first_last_bits)),
+    "weight": ("the weights of an inner Conv/Linear layer", lambda s: weight_spec(s.wbits)),
+    "edge_weight": ("the weights of the first or last Conv/Linear layer", lambda s: weight_spec(s.first_last_bits)),
+}
+
+#: (edge, known >= 0) → the role of an activation other than the network input
+ACTIVATION_ROLES: dict[tuple[bool, bool], str] = {
+    (False, True): "act.unsigned", (False, False): "act.signed",
+    (True, True): "edge_act.unsigned", (True, False): "edge_act.signed",
+}
+
+#: a layer's position (``QuantLayer.role``: no Conv/Linear before it / after it) → its weight role
+WEIGHT_ROLE_OF_LAYER: dict[str, str] = {"": "weight", "first": "edge_weight", "last": "edge_weight",
+                                        "first+last": "edge_weight"}
+
+
+def activation_role(*, unsigned: bool, edge: bool, network_input: bool = False) -> str:
+    """The role of an activation: ``"input"`` for the network input, else by :data:`ACTIVATION_ROLES`."""
+    return "input" if network_input else ACTIVATION_ROLES[bool(edge), bool(unsigned)]
+
+
+def weight_role(layer_role: str) -> str:
+    """The weight role of a layer whose position is ``layer_role`` ("", "first", "last", "first+last").
+
+    Raises:
+        ConfigError: an unknown position.
+    """
+    try:
+        return WEIGHT_ROLE_OF_LAYER[layer_role]
+    except KeyError:
+        raise ConfigError(f"unknown layer position {layer_role!r}",
+                          f"one of {', '.join(map(repr, WEIGHT_ROLE_OF_LAYER))}") from None
 
 
 @dataclass(frozen=True)
@@ -48,6 +99,35 @@ class QuantScheme:
                     f"8-bit containers hold every width from {MIN_BITS} to {MAX_BITS}; e.g. --bits 8, 6, 4, 3 or 2",
                 )
         get_target(self.target)
+
+    def spec(self, role: str) -> QuantSpec:
+        """The spec of a tensor with this role (:data:`ROLES`) before any per-layer rule.
+
+        Raises:
+            ConfigError: an unknown role.
+        """
+        try:
+            return ROLES[role][1](self)
+        except KeyError:
+            raise ConfigError(f"unknown tensor role {role!r}", f"one of {', '.join(ROLES)}") from None
+
+    def layer_specs(self, layer_role: str, input_spec: QuantSpec, *,
+                    depthwise: bool = False) -> tuple[QuantSpec, QuantSpec]:
+        """(weight spec, input activation spec) of a Conv/Linear layer on this scheme's target.
+
+        Args:
+            layer_role: the layer's position ("", "first", "last", "first+last"), which picks its
+                weight role (:data:`WEIGHT_ROLE_OF_LAYER`).
+            input_spec: the spec of the activation the layer reads (as other readers left it).
+            depthwise: a depthwise convolution (exempt from the int16-pair rule).
+
+        Returns:
+            The weight spec, narrowed where the target's rule asks (:meth:`layer_bits`), and the
+            input spec, never wider than ``input_spec``.
+        """
+        w = self.spec(weight_role(layer_role))
+        wbits, abits = self.layer_bits(w.bits, input_spec.bits, depthwise=depthwise)
+        return w.with_bits(wbits), input_spec.with_bits(min(input_spec.bits, abits))
 
     @property
     def fused_add(self) -> bool:
