@@ -29,10 +29,10 @@ import torch
 from onnx import TensorProto, helper
 from torch import fx
 
-from ..errors import UnsupportedModelError
-from ..models.meta import ONNX_META_PREFIX, ModelMeta
+from ..core.errors import UnsupportedModelError
+from ..core.meta import ONNX_META_PREFIX, ModelMeta
+from ..graph.fx import get_attr_value
 from ..quant.model import QuantizedModel
-from ..quant.rewrite import get_attr_value
 from .converters import FMT_FP32, FMT_INT4, FMT_QDQ, ExportContext
 from .onnx_graph import GraphBuilder, Value
 
@@ -123,7 +123,7 @@ def build_onnx(qmodel: QuantizedModel, meta: ModelMeta, *, fmt: str = FMT_QDQ, o
                 what = node.target if node.op == "call_function" else type(ctx.module(node)).__name__
                 raise UnsupportedModelError(
                     f"cannot export op {what} (node {node.name!r}) to ONNX: no converter",
-                    "replace it in the model by a supported op (see toolchain/export/converters.py)")
+                    "replace it in the model by a supported op (see toolchain/export/converters/)")
             ctx.env[node] = fn(ctx, node)
         elif node.op != "output":
             raise UnsupportedModelError(f"cannot export fx node {node.name!r} of kind {node.op}")

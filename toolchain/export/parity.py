@@ -16,6 +16,7 @@ Differences are expressed in output LSBs, as Brevitas' ORT tests do.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import numpy as np
@@ -23,6 +24,7 @@ import torch
 
 from ..quant.exact import exact_forward
 from ..quant.model import QuantizedModel
+from ..reports import ParityLevel, ParityResult
 
 #: optimization levels → onnxruntime GraphOptimizationLevel names ("both" in check_parity = off + on)
 LEVELS = {"off": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
@@ -92,7 +94,7 @@ def _run_torch(qmodel: QuantizedModel, x: torch.Tensor, batch_size: int, referen
 
 
 def check_parity(qmodel: QuantizedModel, qdq_path: str | os.PathLike, inputs: torch.Tensor, *,
-                 optimization: str = "both", batch_size: int = 256, threads: int | None = None) -> dict:
+                 optimization: str = "both", batch_size: int = 256, threads: int | None = None) -> ParityResult:
     """Compare the torch simulation with onnxruntime on the same inputs.
 
     Args:
@@ -106,7 +108,8 @@ def check_parity(qmodel: QuantizedModel, qdq_path: str | os.PathLike, inputs: to
         threads: onnxruntime intra-op threads (None: its default).
 
     Returns:
-        ``{level: stats}`` for each level run (e.g. ``{"off": …, "on": …}``), where stats has
+        a :class:`~toolchain.reports.ParityResult`, one :class:`~toolchain.reports.ParityLevel` per
+        level run (``to_dict()``: ``{level: stats}``, e.g. ``{"off": …, "on": …}``), where stats has
         - ``reference``: the simulation compared with (``"fakequant"`` for ``off``, ``"exact"``
           — the integer-exact simulation — for the fused levels; ``"fakequant"`` throughout for
           an int4 or fp32 file, which onnxruntime runs in float);
@@ -131,8 +134,7 @@ def check_parity(qmodel: QuantizedModel, qdq_path: str | os.PathLike, inputs: to
         if lv not in LEVELS:
             raise ValueError(f"optimization must be 'off', 'on', 'both' (or 'basic'/'extended'), got {optimization!r}")
     if inputs.numel() == 0:  # nothing to compare (e.g. an empty eval set)
-        return {lv: {"agreement_top1": None, "max_abs_diff": None, "max_diff_lsb": None,
-                     "mean_diff_lsb": None, "n": 0} for lv in levels}
+        return ParityResult(**{lv: ParityLevel(n=0) for lv in levels})
     if inputs.ndim != 4:
         raise ValueError(f"inputs must be (N, C, H, W), got shape {tuple(inputs.shape)}")
     x = inputs.detach().float().contiguous()
@@ -148,18 +150,20 @@ def check_parity(qmodel: QuantizedModel, qdq_path: str | os.PathLike, inputs: to
         out = _run_ort(sess, xn, batch_size)
         diff = np.abs(out.astype(np.float64) - ref.astype(np.float64))
         lsb = diff / scale
-        result[lv] = {
-            "reference": reference[lv],
-            "agreement_top1": float(100.0 * np.mean(out.argmax(1) == ref.argmax(1))),
-            "identical": float(100.0 * np.mean(out == ref)),
-            "max_abs_diff": float(diff.max()) if diff.size else 0.0,
-            "max_diff_lsb": None if lsb is None else float(lsb.max()),
-            "mean_diff_lsb": None if lsb is None else float(lsb.mean()),
-            "lsb": scale,
-            "n": int(len(x)),
-        }
-        if reference[lv] == "exact" and result[lv]["identical"] < 100.0:
+        level = ParityLevel(
+            reference=reference[lv],
+            agreement_top1=float(100.0 * np.mean(out.argmax(1) == ref.argmax(1))),
+            identical=float(100.0 * np.mean(out == ref)),
+            max_abs_diff=float(diff.max()) if diff.size else 0.0,
+            max_diff_lsb=float(lsb.max()),
+            mean_diff_lsb=float(lsb.mean()),
+            lsb=scale,
+            n=int(len(x)),
+        )
+        if level.diverged:
             from .divergence import first_divergence
             rows = np.flatnonzero((out != ref).reshape(len(out), -1).any(1))[:8]
-            result[lv]["first_difference"] = first_divergence(qmodel, qdq_path, x[torch.from_numpy(rows)])
-    return result
+            level = dataclasses.replace(level, first_difference=first_divergence(qmodel, qdq_path,
+                                                                                 x[torch.from_numpy(rows)]))
+        result[lv] = level
+    return ParityResult(**result)
