@@ -56,7 +56,8 @@ def method_ctx(lm, workdir=None, bits: int = 4):
 def run_method(name: str, lm, settings: dict, workdir=None):
     """(method instance, its ctx, the returned quantized model) of one seeded in-process run of
     method ``name`` with config ``settings`` at W4A4."""
-    from toolchain.methods.registry import build_config, get_method
+    from toolchain.methods.config import build_config
+    from toolchain.methods.registry import get_method
     torch.manual_seed(0)
     ctx = method_ctx(lm, workdir)
     cls = get_method(name)

@@ -14,13 +14,16 @@ from typer.testing import CliRunner
 
 from toolchain.artifacts import Store
 from toolchain.cli import app
-from toolchain.errors import ConfigError
+from toolchain.core.errors import ConfigError
 from toolchain.methods.bn_stats import BNStatistics
 from toolchain.methods.checkpoint import Checkpointer
-from toolchain.methods.distill import DistillLoop, kd_loss, kd_objective, make_optimizer
-from toolchain.methods.gznq import (GZNQSynthesisConfig, ImageDistribution, balanced_labels, save_grid,
+from toolchain.methods.config import build_config
+from toolchain.methods.distill import distill_player, kd_loss, kd_objective, make_optimizer
+from toolchain.methods.gznq import (GZNQSynthesisConfig, ImageDistribution, balanced_labels,
                                     synthesize_distribution, total_variation)
-from toolchain.methods.registry import MethodContext, build_config, get_method
+from toolchain.methods.images import save_grid
+from toolchain.methods.loop import TrainLoop
+from toolchain.methods.registry import MethodContext, get_method
 from toolchain.models.loader import load_model
 from toolchain.pipeline import export_stage, load_stage, quantize_stage, synth_stage
 from toolchain.quant.rewrite import fp_graph_module, quantize_graph
@@ -29,7 +32,7 @@ from toolchain.quant.scheme import QuantScheme
 from helpers import tiny_state_dict_file
 
 #: settings that make gznq take about a second on tinynet
-FAST_GZNQ = {"num_images": 20, "batch_size": 10, "iterations": 5, "ft_steps": 4, "ft_batch_size": 8,
+FAST_GZNQ = {"num_images": 20, "synthesis.batch_size": 10, "iterations": 5, "ft_steps": 4, "student.batch_size": 8,
              "checkpoint_every": 2, "log_every": 1}
 
 
@@ -140,9 +143,10 @@ def _loop(tmp_path, steps=6):
     student = torch.nn.Linear(4, 3)
     params = list(student.parameters())
     opt, sched = make_optimizer(params, "sgd", 0.1, steps)
-    return DistillLoop(student, teacher, lambda n: (torch.randn(n, 4), None), kd_objective(2.0), params, opt, sched,
-                       steps=steps, batch_size=8, checkpointer=Checkpointer(tmp_path, "d.ckpt", {"a": 1}),
-                       checkpoint_every=2, log_every=1)
+    player = distill_player(teacher, student, lambda n: (torch.randn(n, 4), None), kd_objective(2.0), 8, params,
+                            opt, sched)
+    return TrainLoop([player], steps, {"student": student}, counter="step",
+                     checkpointer=Checkpointer(tmp_path, "d.ckpt", {"a": 1}), checkpoint_every=2, log_every=1)
 
 
 def test_distill_loop_lowers_kd_and_resumes_to_the_same_result(tmp_path, monkeypatch):
@@ -152,17 +156,18 @@ def test_distill_loop_lowers_kd_and_resumes_to_the_same_result(tmp_path, monkeyp
 
     interrupted = _loop(tmp_path / "b")
 
-    def stop(self, step, losses):
+    def stop(self, player, step, losses):
         if step == 3:
             raise KeyboardInterrupt
-    monkeypatch.setattr(DistillLoop, "after_step", stop)
+    monkeypatch.setattr(TrainLoop, "after_step", stop)
     with pytest.raises(KeyboardInterrupt):
         interrupted.run()
     monkeypatch.undo()
     resumed = _loop(tmp_path / "b")
     assert resumed.restore() and resumed.resumed_from == 2
     resumed.run()
-    assert torch.equal(resumed.student.weight, full.student.weight)
+    assert torch.equal(resumed.modules["student"].weight, full.modules["student"].weight)
+    assert all(p.grad is None for p in resumed.modules["student"].parameters())  # dropped when the loop ends
     assert resumed.curves == full.curves
 
 
@@ -171,7 +176,8 @@ def test_config_validation_and_finetune_modes(tiny):
     cls = get_method("gznq")
     assert build_config(cls.Config, {"finetune": "true"}).finetune == "on"
     assert build_config(cls.Config, {"finetune": False}).finetune == "off"
-    for bad in ({"finetune": "maybe"}, {"bn_loss": "l1"}, {"ft_optimizer": "lbfgs"}, {"batch_size": 1}):
+    for bad in ({"finetune": "maybe"}, {"bn_loss": "l1"}, {"student.optimizer": "lbfgs"}, {"synthesis.batch_size": 1},
+                {"student.batch_size": 1}, {"batch_size": 8}):  # the last: ambiguous (synthesis or student)
         with pytest.raises(ConfigError):
             build_config(cls.Config, bad)
     ctx = MethodContext(teacher=None, qmodel=None, meta=tiny.meta, scheme=QuantScheme.from_bits(4),
@@ -233,7 +239,7 @@ def test_cli_synth_writes_the_png_grid(tmp_path):
     model = tiny_state_dict_file(tmp_path)
     png = tmp_path / "grid.png"
     args = ["synth", model, "--arch", "tinynet", "--out", tmp_path / "runs", "--png", png, "--per-class", "2",
-            "--set", "num_images=20", "--set", "batch_size=10", "--set", "iterations=2"]
+            "--set", "num_images=20", "--set", "synthesis.batch_size=10", "--set", "iterations=2"]
     r = CliRunner().invoke(app, [str(a) for a in args])
     assert r.exit_code == 0, r.output
     assert Path(r.stdout.strip().splitlines()[-1]).parent == tmp_path / "runs" / "synth"

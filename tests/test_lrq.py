@@ -12,14 +12,16 @@ from typer.testing import CliRunner
 
 from toolchain.artifacts import Store
 from toolchain.cli import app
-from toolchain.errors import ConfigError, UnsupportedModelError
-from toolchain.methods.adversarial import MaxMinGame
+from toolchain.core.errors import ConfigError, UnsupportedModelError
 from toolchain.methods.distill import dkd_loss, dkd_objective, dkd_terms, kd_loss, make_optimizer
 from toolchain.methods.generators import ConditionalGenerator, LargeKernelAttention
+from toolchain.methods.loop import TrainLoop
 from toolchain.methods.margin import ClassifierTap, add_angular_margin, classifier_node
 from toolchain.methods.recipes import load_recipe
-from toolchain.methods.registry import build_config, get_method
-from toolchain.models.loader import export_model, load_model
+from toolchain.methods.config import build_config
+from toolchain.methods.registry import get_method
+from toolchain.models.dynamic_batch import export_model
+from toolchain.models.loader import load_model
 from toolchain.pipeline import export_stage, load_stage, quantize_stage
 from toolchain.quant.rewrite import fp_graph_module
 from toolchain.quant.scheme import QuantScheme
@@ -171,7 +173,7 @@ def test_make_optimizer_nesterov_and_groups():
 # ----------------------------------------------------------------------------- the method
 def test_schedule_is_warmup_then_n_quantized_steps_and_the_generator_steps(tiny, monkeypatch):
     steps = []
-    monkeypatch.setattr(MaxMinGame, "after_step", lambda self, player, r, losses: steps.append(player))
+    monkeypatch.setattr(TrainLoop, "after_step", lambda self, player, r, losses: steps.append(player))
     run_lrq(tiny, warmup_rounds=2, rounds=3, q_steps=3, g_steps=2, checkpoint_every=0)
     assert steps == ["g"] * 4 + (["q"] * 3 + ["g"] * 2) * 3
 
@@ -277,10 +279,10 @@ def test_config_is_validated_and_recipes_load():
         with pytest.raises(ConfigError):
             build_config(cls.Config, bad)
     cpu, paper = (build_config(cls.Config, load_recipe("lrq", b)) for b in ("cpu", "paper"))
-    assert paper.rounds == 400 * 200 and paper.warmup_rounds == 4 * 200 and paper.batch_size == 200
+    assert paper.rounds == 400 * 200 and paper.warmup_rounds == 4 * 200 and paper.student.batch_size == 200
     assert (paper.nz, paper.bn_weight, paper.lka_kernel, paper.lka_dilated_kernel, paper.lka_dilation) == \
         (100, 0.1, 5, 7, 3)
-    assert cpu.rounds < paper.rounds and cpu.optimizer == "adam" and cpu.lr_q <= 1e-4
+    assert cpu.rounds < paper.rounds and cpu.student.optimizer == "adam" and cpu.lr_q <= 1e-4
     for c in (cpu, paper):
         assert c.lka and c.ama_margin > 0 and c.distill == "dkd"
     assert build_config(cls.Config, {"lka": "false", "ama_margin": "0.0", "distill": "kd"}).lka is False
@@ -303,7 +305,7 @@ def test_interrupted_run_resumes_to_the_same_result(tiny, tmp_path, monkeypatch,
         count.append(player)
         if len(count) == stop_at:
             raise Interrupt
-    monkeypatch.setattr(MaxMinGame, "after_step", boom)
+    monkeypatch.setattr(TrainLoop, "after_step", boom)
     work = tmp_path / "run"
     with pytest.raises(Interrupt):
         run_lrq(tiny, work, **settings)

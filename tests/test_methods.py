@@ -7,10 +7,11 @@ import math
 import pytest
 import torch
 
-from toolchain.errors import ConfigError, UnsupportedModelError
+from toolchain.core.errors import ConfigError, UnsupportedModelError
 from toolchain.methods.bn_stats import BNStatistics, gaussian_kl
-from toolchain.methods.recipes import load_recipe, parse_overrides
-from toolchain.methods.registry import MethodContext, build_config, get_method, list_methods
+from toolchain.methods.config import build_config, parse_overrides
+from toolchain.methods.recipes import load_recipe
+from toolchain.methods.registry import MethodContext, get_method, list_methods
 from toolchain.methods.synthesis import SynthesisConfig, distill_images
 from toolchain.models.loader import load_model
 from toolchain.quant.rewrite import fp_graph_module, quantize_graph
@@ -38,11 +39,12 @@ def test_registry_lists_and_rejects():
 
 def test_config_from_recipe_and_overrides_is_typed():
     cls = get_method("bnstat")
-    cfg = build_config(cls.Config, {**load_recipe("bnstat", "cpu"), **parse_overrides(["iterations=7", "lr=0.5"])})
-    assert cfg.iterations == 7 and cfg.lr == 0.5
+    cfg = build_config(cls.Config, load_recipe("bnstat", "cpu"), parse_overrides(["iterations=7", "lr=0.5"]))
+    assert cfg.synthesis.iterations == 7 and cfg.synthesis.lr == 0.5
+    assert cfg.synthesis.num_images == load_recipe("bnstat", "cpu")["synthesis"]["num_images"]  # the recipe's
     with pytest.raises(ConfigError, match="unknown setting"):
         build_config(cls.Config, {"iterationz": 3})
-    with pytest.raises(ConfigError, match="expects a int"):
+    with pytest.raises(ConfigError, match="expects an int"):
         build_config(cls.Config, {"iterations": "many"})
     with pytest.raises(ConfigError, match="calibration"):
         build_config(cls.Config, {"calibration": "magic"})

@@ -8,16 +8,18 @@ import pytest
 import torch
 
 from toolchain.artifacts import Store
-from toolchain.errors import ConfigError
-from toolchain.methods.adversarial import MaxMinGame
+from toolchain.core.errors import ConfigError
 from toolchain.methods.checkpoint import Checkpointer
 from toolchain.methods.features import match_nodes, stage_output_nodes, teacher_student_taps
 from toolchain.methods.generators import DFADGenerator, upsample_plan
+from toolchain.methods.loop import TrainLoop
 from toolchain.methods.recipes import load_recipe
-from toolchain.methods.registry import build_config, get_method
+from toolchain.methods.config import build_config
+from toolchain.methods.registry import get_method
 from toolchain.methods.relation import (channel_relation, feature_discrepancy, relation_discrepancy,
                                         spatial_relation)
-from toolchain.models.loader import export_model, load_model
+from toolchain.models.dynamic_batch import export_model
+from toolchain.models.loader import load_model
 from toolchain.models.registry import get_arch
 from toolchain.pipeline import export_stage, load_stage, quantize_stage
 from toolchain.quant.rewrite import fp_graph_module, quantize_graph
@@ -113,7 +115,7 @@ def test_tinynet_taps(tiny):
 # ----------------------------------------------------------------------------- loop
 def test_schedule_is_n_quantized_steps_then_one_generator_step(tiny, monkeypatch):
     steps = []
-    monkeypatch.setattr(MaxMinGame, "after_step", lambda self, player, r, losses: steps.append((player, r)))
+    monkeypatch.setattr(TrainLoop, "after_step", lambda self, player, r, losses: steps.append((player, r)))
     run_zaq(tiny, rounds=3, q_steps=4, checkpoint_every=0)
     assert [p for p, _ in steps] == (["q"] * 4 + ["g"]) * 3
     assert [r for _, r in steps] == [r for r in range(3) for _ in range(5)]
@@ -154,11 +156,11 @@ def test_config_is_validated():
         with pytest.raises(ConfigError):
             build_config(cls.Config, bad)
     cpu, paper = (build_config(cls.Config, load_recipe("zaq", b)) for b in ("cpu", "paper"))
-    assert paper.rounds == 300 * 60 and paper.batch_size == 256 and paper.q_steps == 5
+    assert paper.rounds == 300 * 60 and paper.student.batch_size == 256 and paper.q_steps == 5
     assert (paper.momentum, paper.weight_decay, paper.lr_g) == (0.9, 5e-4, 1e-3)
-    assert cls.Config().optimizer == "sgd" and cls.Config().lr_q == 0.1  # the published optimizer
+    assert cls.Config().student.optimizer == "sgd" and cls.Config().lr_q == 0.1  # the published optimizer
     # both recipes use Adam: SGD at the published lr collapses the BN-folded student (zaq.toml)
-    assert (cpu.optimizer, paper.optimizer) == ("adam", "adam")
+    assert (cpu.student.optimizer, paper.student.optimizer) == ("adam", "adam")
     assert cpu.rounds < paper.rounds
 
 
@@ -174,7 +176,7 @@ def test_interrupted_run_resumes_to_the_same_result(tiny, tmp_path, monkeypatch)
     def boom(self, player, r, losses):
         if r == 3 and player == "q":
             raise Interrupt
-    monkeypatch.setattr(MaxMinGame, "after_step", boom)
+    monkeypatch.setattr(TrainLoop, "after_step", boom)
     work = tmp_path / "run"
     with pytest.raises(Interrupt):
         run_zaq(tiny, work, rounds=5, checkpoint_every=2)

@@ -16,9 +16,9 @@ from __future__ import annotations
 import torch
 from torch import fx
 
-from ..errors import UnsupportedModelError
-from ..quant import ops
-from ..quant.rewrite import get_attr_value
+from ..core.errors import UnsupportedModelError
+from ..graph import ops
+from ..graph.fx import get_attr_value
 from .taps import insert_taps
 
 BN_LOSSES = ("l2", "kl")
@@ -47,7 +47,7 @@ class BNStatistics:
         self.running: list[tuple[torch.Tensor, torch.Tensor]] = []
         for bn in bns:
             a = bn.args
-            eps = float(a[7] if bn.target is ops.aten.batch_norm.default else a[6])
+            eps = ops.bn_eps(bn.target, a)
             mean = get_attr_value(gm, a[3].target).detach().float()
             var = get_attr_value(gm, a[4].target).detach().float() + eps
             self.running.append((mean, var))
@@ -83,7 +83,7 @@ class BNStatistics:
 
 
 def teacher_with_bn_taps(ctx) -> tuple[torch.nn.Module, BNStatistics]:
-    """A fresh copy of the context's FP teacher (eval, on ``ctx.device``) with BN taps inserted.
+    """A private copy of the context's frozen FP teacher (eval, on ``ctx.device``) with BN taps inserted.
 
     Args:
         ctx: a :class:`~toolchain.methods.registry.MethodContext`.
@@ -92,6 +92,5 @@ def teacher_with_bn_taps(ctx) -> tuple[torch.nn.Module, BNStatistics]:
     Raises:
         UnsupportedModelError: the model has no BatchNorm.
     """
-    from ..quant.rewrite import fp_graph_module
-    teacher = fp_graph_module(ctx.teacher).to(ctx.device).eval()
+    teacher = ctx.teacher_copy()
     return teacher, BNStatistics(teacher).to(ctx.device)

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ..errors import ConfigError
 from ..quant.calibrate import CALIBRATIONS, calibrate, set_input_range
 from .bn_stats import teacher_with_bn_taps
+from .config import group, setting
 from .registry import Method, MethodContext, register_method
 from .synthesis import SynthesisConfig, distill_images
 
@@ -53,26 +53,19 @@ class BNStat(Method):
     needs_batchnorm = True
 
     @dataclass(frozen=True)
-    class Config:
-        """Attributes: the synthesis settings (see SynthesisConfig) and
+    class Config(Method.Config):
+        """Attributes:
+            synthesis: the synthetic set (:class:`~.synthesis.SynthesisConfig`; ZeroQ's "l2" BN loss);
+                its ``batch_size`` also batches the calibration.
             calibration: "minmax", "mse" or "percentile".
         """
 
-        num_images: int = 256
-        batch_size: int = 64
-        iterations: int = 200
-        lr: float = 0.2
-        clamp_to_pixels: bool = True
-        calibration: str = "mse"
-
-        def __post_init__(self):
-            if self.calibration not in CALIBRATIONS:
-                raise ConfigError(f"calibration must be one of {CALIBRATIONS}, got {self.calibration!r}")
+        synthesis: SynthesisConfig = group(SynthesisConfig)
+        calibration: str = setting("mse", choices=CALIBRATIONS)
 
     def run(self, ctx: MethodContext):
         c = self.config
-        synth = SynthesisConfig(num_images=c.num_images, batch_size=c.batch_size, iterations=c.iterations,
-                                lr=c.lr, bn_loss="l2", clamp_to_pixels=c.clamp_to_pixels)
-        images = synthetic_set(ctx, synth)
-        ctx.log["ranges"] = {k: list(v) for k, v in calibrate_on(ctx, images, c.calibration, c.batch_size).items()}
+        images = synthetic_set(ctx, c.synthesis)
+        ranges = calibrate_on(ctx, images, c.calibration, c.synthesis.batch_size)
+        ctx.log["ranges"] = {k: list(v) for k, v in ranges.items()}
         return ctx.qmodel

@@ -17,8 +17,8 @@ import operator
 import torch
 from torch import fx
 
-from ..errors import UnsupportedModelError
-from ..quant import ops
+from ..core.errors import UnsupportedModelError
+from ..graph import ops
 from ..quant.rewrite import ACT_QUANT_PREFIX
 from .taps import Tap, insert_taps
 

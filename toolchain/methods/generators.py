@@ -30,7 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ConfigError
+from ..core.errors import ConfigError
+from .images import clamp_pixels
 
 
 def upsample_plan(height: int, width: int, max_init: int = 8, min_up: int = 2) -> tuple[int, int, int]:
@@ -210,3 +211,29 @@ class ConditionalGenerator(DFADGenerator):
 
     def forward(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self.decode(self.embed(y) * z.flatten(1))
+
+
+class GeneratorSampler:
+    """Fresh batches from a generator, clamped into the pixel range: what the players of ZAQ and
+    LRQ train on.
+
+    Args:
+        generator: a :class:`DFADGenerator` or a :class:`ConditionalGenerator` (train mode).
+        batch_size: images per batch.
+        device: where latents (and labels) are drawn.
+        bounds: (lo, hi) of :func:`~.images.pixel_bounds`, or None for no clamp.
+    """
+
+    def __init__(self, generator: DFADGenerator, batch_size: int, device=None, bounds=None):
+        self.generator, self.batch_size, self.device, self.bounds = generator, batch_size, device, bounds
+
+    def __call__(self, grad: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(x (N, C, H, W) float32, normalized input space, clamped; y (N,) int64 labels, or None
+        for an unconditional generator). A conditional generator draws y first, then z.
+        ``grad``: whether x is differentiable in the generator's parameters."""
+        g, n = self.generator, self.batch_size
+        with torch.set_grad_enabled(grad):
+            if isinstance(g, ConditionalGenerator):
+                y = g.sample_labels(n, self.device)
+                return clamp_pixels(g(g.sample_latent(n, self.device), y), self.bounds), y
+            return clamp_pixels(g(g.sample_latent(n, self.device)), self.bounds), None

@@ -16,29 +16,30 @@ statistics capture, then calibration and (at low bit widths) distillation fine-t
 3. Every activation quantizer is calibrated on ``calib_draws`` fresh samples of every image
    (:func:`~.bnstat.calibrate_on`; the input gets the exact normalized-pixel range).
 4. Optionally the quantized model is fine-tuned by distillation from the FP model on fresh
-   samples of the distribution (:class:`~.distill.DistillLoop`, T²·KL on softened logits).
+   samples of the distribution (:func:`~.distill.distill_player` in a :class:`~.loop.TrainLoop`,
+   T²·KL on softened logits).
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ConfigError
-from ..quant.calibrate import CALIBRATIONS
 from .augment import jitter_flip
 from .bn_stats import BN_LOSSES, BNStatistics, teacher_with_bn_taps
 from .bnstat import calibrate_on
 from .checkpoint import Checkpointer
-from .distill import OPTIMIZERS, DistillLoop, kd_objective, make_optimizer
+from .config import group, setting
+from .distill import distill_player, kd_objective, make_optimizer
+from .images import clamp_pixels, pixel_bounds
+from .loop import TrainLoop
 from .registry import Method, MethodContext, register_method
-from .student import set_learned_scales, student_param_groups
-from .synthesis import pixel_bounds
+from .student import StudentConfig, student_param_groups, training
+from .synthesis import SynthesisConfig
 
 FINETUNE_MODES = ("auto", "on", "off")
 
@@ -80,7 +81,7 @@ class ImageDistribution(nn.Module):
         return self.mean.shape[0]
 
     def _clamp(self, x):
-        return x if self.lo is None else torch.max(torch.min(x, self.hi), self.lo)
+        return clamp_pixels(x, None if self.lo is None else (self.lo, self.hi))
 
     def sample(self, index: torch.Tensor | None = None) -> torch.Tensor:
         """A fresh draw x = m + exp(v/2)·ε of the images ``index`` (all by default), (n, C, H, W),
@@ -110,30 +111,28 @@ class ImageDistribution(nn.Module):
 
 
 @dataclass(frozen=True)
-class GZNQSynthesisConfig:
-    """The settings a synthetic distribution depends on (its cache key). See :class:`GZNQ.Config`."""
+class GZNQSynthesisConfig(SynthesisConfig):
+    """The settings a synthetic distribution depends on (its cache key; the ``synthesis`` group of
+    :class:`GZNQ.Config`): those of :class:`~.synthesis.SynthesisConfig` (GZNQ's defaults: 250
+    iterations, lr 0.1, the "kl" BN loss) and
 
-    num_images: int = 256
-    batch_size: int = 64
-    iterations: int = 250
-    lr: float = 0.1
-    bn_loss: str = "kl"
-    bn_weight: float = 1.0
-    ce_weight: float = 0.1
-    tv_weight: float = 0.0
-    jitter: int = 2
+    Attributes:
+        bn_weight, ce_weight, tv_weight: the loss weights (>= 0).
+        jitter, flip: the image priors (random roll of up to ``jitter`` pixels, horizontal flip).
+        reparameterize: learned per-image log-variances (off: point images).
+        init_logvar: their start value.
+    """
+
+    iterations: int = setting(250, ge=1)
+    lr: float = setting(0.1, gt=0)
+    bn_loss: str = setting("kl", choices=BN_LOSSES)
+    bn_weight: float = setting(1.0, ge=0)
+    ce_weight: float = setting(0.1, ge=0)
+    tv_weight: float = setting(0.0, ge=0)
+    jitter: int = setting(2, ge=0)
     flip: bool = True
     reparameterize: bool = True
     init_logvar: float = -4.0
-    clamp_to_pixels: bool = True
-
-    def __post_init__(self):
-        if self.num_images < 1 or self.batch_size < 2 or self.iterations < 1 or self.lr <= 0:
-            raise ConfigError("gznq synthesis needs num_images >= 1, batch_size >= 2, iterations >= 1, lr > 0")
-        if self.bn_loss not in BN_LOSSES:
-            raise ConfigError(f"bn_loss must be one of {BN_LOSSES}, got {self.bn_loss!r}")
-        if min(self.bn_weight, self.ce_weight, self.tv_weight) < 0 or self.jitter < 0:
-            raise ConfigError("bn_weight, ce_weight, tv_weight and jitter must be >= 0")
 
 
 def synthesize_distribution(teacher: nn.Module, bn: BNStatistics, input_shape, mean, std, num_classes: int,
@@ -142,7 +141,7 @@ def synthesize_distribution(teacher: nn.Module, bn: BNStatistics, input_shape, m
     """Learn the synthetic image distribution batch by batch (see the module docstring, step 2).
 
     Args:
-        teacher: FP model with ``bn``'s taps inserted, eval mode, on ``device``.
+        teacher: FP model with ``bn``'s taps inserted, eval mode, frozen, on ``device``.
         bn: the BN-statistics hooks of ``teacher``.
         input_shape: (C, H, W); mean, std: the model card's normalization.
         num_classes: K, for the balanced target labels.
@@ -154,8 +153,6 @@ def synthesize_distribution(teacher: nn.Module, bn: BNStatistics, input_shape, m
         "labels": (N,) int64}`` on the CPU.
     """
     lo, hi = pixel_bounds(mean, std, device) if cfg.clamp_to_pixels else (None, None)
-    for p in teacher.parameters():
-        p.requires_grad_(False)
     sizes, remaining = [], cfg.num_images
     while remaining > 0:
         sizes.append(max(min(cfg.batch_size, remaining), 2))
@@ -199,45 +196,6 @@ def synthesize_distribution(teacher: nn.Module, bn: BNStatistics, input_shape, m
     return out
 
 
-def save_grid(images: torch.Tensor, labels: torch.Tensor, mean, std, path: str | Path, *,
-              num_classes: int | None = None, per_class: int = 8, scale: int = 1, pad: int = 2) -> tuple[int, int]:
-    """Write a PNG grid of synthetic images: row k holds the first ``per_class`` images of class k.
-
-    Args:
-        images: (N, C, H, W) float32 in the normalized input space (C = 1 or 3).
-        labels: (N,) int64 class of each image.
-        mean, std: the normalization to undo (pixels = x·std + mean, clipped to [0, 1]).
-        num_classes: rows (default: max label + 1); missing cells stay black.
-        scale: integer nearest-neighbour upscaling of each cell.
-        pad: black pixels between and around cells.
-
-    Returns:
-        (width, height) of the written image in pixels:
-        (per_class·(W·scale + pad) + pad, K·(H·scale + pad) + pad).
-    """
-    import numpy as np
-    from PIL import Image
-    c, h, w = images.shape[1:]
-    k = int(num_classes if num_classes is not None else int(labels.max()) + 1)
-    m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
-    s = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
-    pix = (images.detach().cpu().float() * s + m).clamp(0, 1)
-    if scale > 1:
-        pix = pix.repeat_interleave(scale, dim=2).repeat_interleave(scale, dim=3)
-    ch, cw = h * scale, w * scale
-    canvas = np.zeros((k * (ch + pad) + pad, per_class * (cw + pad) + pad, c), dtype=np.uint8)
-    for row in range(k):
-        idx = (labels == row).nonzero().flatten()[:per_class]
-        for col, i in enumerate(idx.tolist()):
-            y0, x0 = pad + row * (ch + pad), pad + col * (cw + pad)
-            canvas[y0:y0 + ch, x0:x0 + cw] = (pix[i].permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
-    img = Image.fromarray(canvas[..., 0] if c == 1 else canvas, mode="L" if c == 1 else "RGB")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    img.save(path)
-    return img.size
-
-
 # ----------------------------------------------------------------------------- the method
 @register_method("gznq")
 class GZNQ(Method):
@@ -246,81 +204,60 @@ class GZNQ(Method):
     synthetic set as the calibration set" is confirmed (REFERENCES.md). Our reading, every
     unconfirmed choice a config field (``recipes/gznq.toml``; defaults in parentheses):
 
-    - ``bn_loss`` ("kl"): per-BN-layer Gaussian KL(N(μ̂, σ̂²) ‖ N(μ, σ²)), mean over channels,
-      summed over layers; "l2" is the ZeroQ baseline (ablation). ``bn_weight`` (1.0).
-    - ``ce_weight`` (0.1): cross-entropy of the FP logits to a target label per image; labels
-      balanced over the classes (cycling 0..K−1).
-    - ``reparameterize`` (on): learned per-image mean and log-variance, a fresh sample per step;
-      ``init_logvar`` (−4, σ ≈ 0.14 in normalized units); means start as N(0, 1) noise.
-      Off: point images (the ablation).
-    - Image priors: ``jitter`` (2 px random roll), ``flip`` (on), ``tv_weight`` (0: off).
-    - ``clamp_to_pixels`` (on): samples and means kept in the normalized image of [0, 1] pixels.
-    - Adam, ``lr`` (0.1) with cosine decay, ``iterations`` per batch of ``batch_size``.
-    - ``calibration`` ("mse") on ``calib_draws`` (1) fresh samples of every learned image.
+    - ``synthesis.bn_loss`` ("kl"): per-BN-layer Gaussian KL(N(μ̂, σ̂²) ‖ N(μ, σ²)), mean over
+      channels, summed over layers; "l2" is the ZeroQ baseline (ablation). ``synthesis.bn_weight`` (1.0).
+    - ``synthesis.ce_weight`` (0.1): cross-entropy of the FP logits to a target label per image;
+      labels balanced over the classes (cycling 0..K−1).
+    - ``synthesis.reparameterize`` (on): learned per-image mean and log-variance, a fresh sample per
+      step; ``synthesis.init_logvar`` (−4, σ ≈ 0.14 in normalized units); means start as N(0, 1)
+      noise. Off: point images (the ablation).
+    - Image priors: ``synthesis.jitter`` (2 px random roll), ``synthesis.flip`` (on),
+      ``synthesis.tv_weight`` (0: off).
+    - ``synthesis.clamp_to_pixels`` (on): samples and means kept in the normalized image of [0, 1] pixels.
+    - Adam, ``synthesis.lr`` (0.1) with cosine decay, ``synthesis.iterations`` per batch of
+      ``synthesis.batch_size``.
+    - ``student.calibration`` ("mse") on ``calib_draws`` (1) fresh samples of every learned image.
     - ``finetune`` ("auto": on when the weight or activation bit width is below
       ``finetune_below_bits`` (5), i.e. at ≤ 4 bits; "on"/"off" force it): distillation of the
       quantized model from the FP model on fresh samples, T²·KL at ``temperature`` (4)
-      (+ ``ft_ce_weight`` (0)·CE to the target labels), ``ft_optimizer`` ("adam", ``ft_lr`` 1e-4, cosine
-      decay), ``ft_steps`` × ``ft_batch_size``, jitter/flip priors
-      on the fine-tuning batches too (``ft_augment``, on). Weights and biases are trained,
-      quantizer scales stay as calibrated.
-    - Synthesis checkpoints after every finished batch, fine-tuning every ``checkpoint_every``
-      steps, into the run's work directory; a re-run resumes.
+      (+ ``ft_ce_weight`` (0)·CE to the target labels), ``student.optimizer`` ("adam", ``ft_lr``
+      1e-4, cosine decay), ``ft_steps`` × ``student.batch_size``, jitter/flip priors on the
+      fine-tuning batches too (``ft_augment``, on). Weights and biases are trained, quantizer
+      scales stay as calibrated (unless ``student.learn_*_scales``).
+    - Synthesis checkpoints after every finished batch, fine-tuning every
+      ``student.checkpoint_every`` steps, into the run's work directory; a re-run resumes.
     """
 
     needs_batchnorm = True
     needs_class_logits = True
 
     @dataclass(frozen=True)
-    class Config(GZNQSynthesisConfig):
-        """Attributes: the synthesis settings inherited from :class:`GZNQSynthesisConfig`, then
-            calibration, calib_draws: activation calibration on the synthetic distribution.
+    class Config(Method.Config):
+        """Attributes:
+            synthesis: the synthetic distribution (:class:`GZNQSynthesisConfig`, its cache key);
+                its ``batch_size`` also batches the calibration.
+            calib_draws: fresh samples of every learned image the activations are calibrated on.
             finetune ("auto" | "on" | "off"; true/false accepted), finetune_below_bits.
-            ft_steps, ft_batch_size, ft_optimizer ("sgd" | "adam"), ft_lr, ft_momentum,
-            ft_weight_decay, temperature, ft_ce_weight, ft_augment: distillation fine-tuning.
-            checkpoint_every, log_every: fine-tuning checkpoints and loss-curve entries (steps).
+            ft_steps, ft_lr, ft_momentum, ft_weight_decay, temperature, ft_ce_weight, ft_augment:
+                distillation fine-tuning.
+            student: the quantized model's calibration and fine-tuning (:class:`~.student.StudentConfig`:
+                ``batch_size`` (64) images per fine-tuning step, ``optimizer``, scale learning,
+                ``calibration``, ``checkpoint_every`` (50) and ``log_every`` in steps).
         """
 
-        calibration: str = "mse"
-        calib_draws: int = 1
-        finetune: str = "auto"
+        synthesis: GZNQSynthesisConfig = group(GZNQSynthesisConfig)
+        calib_draws: int = setting(1, ge=1)
+        finetune: str = setting("auto", choices=FINETUNE_MODES,
+                                aliases={"true": "on", "1": "on", "yes": "on", "false": "off", "0": "off", "no": "off"})
         finetune_below_bits: int = 5
-        ft_steps: int = 300
-        ft_batch_size: int = 64
-        ft_optimizer: str = "adam"
-        ft_lr: float = 1e-4
-        ft_momentum: float = 0.9
-        ft_weight_decay: float = 0.0
-        temperature: float = 4.0
-        ft_ce_weight: float = 0.0
+        ft_steps: int = setting(300, ge=0)
+        ft_lr: float = setting(1e-4, gt=0)
+        ft_momentum: float = setting(0.9, ge=0)
+        ft_weight_decay: float = setting(0.0, ge=0)
+        temperature: float = setting(4.0, gt=0)
+        ft_ce_weight: float = setting(0.0, ge=0)
         ft_augment: bool = True
-        learn_act_scales: bool = False
-        learn_weight_scales: bool = False
-        scale_lr_ratio: float = 1.0
-        checkpoint_every: int = 50
-        log_every: int = 10
-
-        def __post_init__(self):
-            f = str(self.finetune).lower()
-            f = {"true": "on", "1": "on", "yes": "on", "false": "off", "0": "off", "no": "off"}.get(f, f)
-            if f not in FINETUNE_MODES:
-                raise ConfigError(f"finetune must be one of {FINETUNE_MODES} (or true/false), got {self.finetune!r}")
-            object.__setattr__(self, "finetune", f)
-            GZNQSynthesisConfig.__post_init__(self)  # validates the synthesis settings
-            if self.calibration not in CALIBRATIONS:
-                raise ConfigError(f"calibration must be one of {CALIBRATIONS}, got {self.calibration!r}")
-            if self.ft_optimizer not in OPTIMIZERS:
-                raise ConfigError(f"ft_optimizer must be one of {OPTIMIZERS}, got {self.ft_optimizer!r}")
-            if self.calib_draws < 1 or self.ft_steps < 0 or self.ft_batch_size < 1 or self.log_every < 1:
-                raise ConfigError("gznq needs calib_draws >= 1, ft_steps >= 0, ft_batch_size >= 1, log_every >= 1")
-            if self.ft_lr <= 0 or self.temperature <= 0 or self.checkpoint_every < 0:
-                raise ConfigError("gznq needs ft_lr > 0, temperature > 0, checkpoint_every >= 0")
-            if min(self.ft_momentum, self.ft_weight_decay, self.ft_ce_weight) < 0:
-                raise ConfigError("ft_momentum, ft_weight_decay and ft_ce_weight must be >= 0")
-
-        def synthesis(self) -> GZNQSynthesisConfig:
-            names = {f.name for f in dataclasses.fields(GZNQSynthesisConfig)}
-            return GZNQSynthesisConfig(**{k: v for k, v in dataclasses.asdict(self).items() if k in names})
+        student: StudentConfig = group(StudentConfig, batch_size=64, checkpoint_every=50)
 
     def finetunes(self, ctx: MethodContext) -> bool:
         """Whether this run fine-tunes (``finetune`` resolved against the scheme's bit widths)."""
@@ -332,7 +269,7 @@ class GZNQ(Method):
     def synthesize(self, ctx: MethodContext) -> dict:
         """The cached synthetic distribution (built on first use; ``ctx.qmodel`` is not needed):
         ``{"mean", "logvar" (if reparameterized), "labels"}`` as in :func:`synthesize_distribution`."""
-        cfg = self.config.synthesis()
+        cfg = self.config.synthesis
 
         def build():
             teacher, bn = teacher_with_bn_taps(ctx)
@@ -349,15 +286,16 @@ class GZNQ(Method):
     def run(self, ctx: MethodContext):
         c, dev, qmodel = self.config, ctx.device, ctx.qmodel
         synth = self.synthesize(ctx)
-        lo, hi = pixel_bounds(ctx.meta.mean, ctx.meta.std, dev) if c.clamp_to_pixels else (None, None)
-        dist = ImageDistribution.from_dict({k: v.to(dev) for k, v in synth.items()}, lo, hi).requires_grad_(False)
+        bounds = pixel_bounds(ctx.meta.mean, ctx.meta.std, dev) if c.synthesis.clamp_to_pixels else (None, None)
+        dist = ImageDistribution.from_dict({k: v.to(dev) for k, v in synth.items()}, *bounds).requires_grad_(False)
         labels = synth["labels"].to(dev)
         ctx.log["synthetic_images"] = len(dist)
 
         with torch.no_grad():
             images = torch.cat([dist.sample() for _ in range(c.calib_draws)]).cpu()
         qmodel.learn_scales(weights=False, acts=False)
-        ctx.log["ranges"] = {k: list(v) for k, v in calibrate_on(ctx, images, c.calibration, c.batch_size).items()}
+        ranges = calibrate_on(ctx, images, c.student.calibration, c.synthesis.batch_size)
+        ctx.log["ranges"] = {k: list(v) for k, v in ranges.items()}
 
         ctx.log["finetune"] = self.finetunes(ctx)
         if ctx.log["finetune"] and c.ft_steps:
@@ -365,36 +303,27 @@ class GZNQ(Method):
         return qmodel.eval()
 
     def _finetune(self, ctx: MethodContext, dist: ImageDistribution, labels: torch.Tensor) -> None:
-        from ..quant.rewrite import fp_graph_module
-        c, qmodel = self.config, ctx.qmodel
-        teacher = fp_graph_module(ctx.teacher).to(ctx.device).eval()
-        for p in teacher.parameters():
-            p.requires_grad_(False)
+        c, s, qmodel = self.config, self.config.student, ctx.qmodel
+        jitter, flip = c.synthesis.jitter, c.synthesis.flip
 
         def sample(n: int):
             idx = torch.randint(0, len(dist), (n,), device=labels.device)
             with torch.no_grad():
                 x = dist.sample(idx)
                 if c.ft_augment:
-                    x = jitter_flip(x, c.jitter, c.flip)
+                    x = jitter_flip(x, jitter, flip)
             return x, labels[idx]
 
-        groups, params = student_param_groups(qmodel, c.ft_lr, learn_weight_scales=c.learn_weight_scales,
-                                              learn_act_scales=c.learn_act_scales, scale_lr_ratio=c.scale_lr_ratio)
-        opt, sched = make_optimizer(groups, c.ft_optimizer, c.ft_lr, c.ft_steps, c.ft_momentum, c.ft_weight_decay)
-        loop = DistillLoop(qmodel, teacher, sample, kd_objective(c.temperature, c.ft_ce_weight), params, opt, sched,
-                           steps=c.ft_steps, batch_size=c.ft_batch_size,
-                           checkpointer=Checkpointer(ctx.workdir, "gznq_ft.ckpt", dataclasses.asdict(c)),
-                           checkpoint_every=c.checkpoint_every, log_every=c.log_every)
-        self.loop = loop
-        qmodel.train()
-        try:
-            if loop.restore():
-                ctx.log["resumed_from_step"] = loop.resumed_from
-            ctx.log["curves"] = loop.run_with_progress(ctx.progress, f"GZNQ: {c.ft_steps} distillation steps",
-                                                       c.ft_steps)
-        finally:
-            set_learned_scales(qmodel, weights=False, acts=False)
-            for p in qmodel.parameters():
-                p.grad = None
+        groups, params = student_param_groups(qmodel, c.ft_lr, learn_weight_scales=s.learn_weight_scales,
+                                              learn_act_scales=s.learn_act_scales, scale_lr_ratio=s.scale_lr_ratio)
+        opt, sched = make_optimizer(groups, s.optimizer, c.ft_lr, c.ft_steps, c.ft_momentum, c.ft_weight_decay)
+        player = distill_player(ctx.teacher, qmodel, sample, kd_objective(c.temperature, c.ft_ce_weight),
+                                s.batch_size, params, opt, sched)
+        self.loop = loop = TrainLoop(
+            [player], c.ft_steps, {"student": qmodel}, counter="step",
+            checkpointer=Checkpointer(ctx.workdir, "gznq_ft.ckpt", dataclasses.asdict(c)),
+            checkpoint_every=s.checkpoint_every, log_every=s.log_every)
+        with training(qmodel):
+            loop.resume(ctx.log, "resumed_from_step")
+            ctx.log["curves"] = loop.run_with_progress(ctx.progress, f"GZNQ: {c.ft_steps} distillation steps")
         loop.checkpointer.clear()

@@ -28,7 +28,7 @@ The method, on the shared parts (nothing copied from ZAQ):
   ranges are calibrated on ``calib_batches`` batches of the warmed-up generator (the input gets
   its exact normalized-pixel range; optionally the batches are first pulled toward the BN statistics,
   ``calib_refine_steps``), then ``rounds`` rounds of the shared alternating loop
-  (:class:`~.adversarial.MaxMinGame`): ``q_steps`` Q steps then ``g_steps`` G steps. G is not
+  (:class:`~.loop.TrainLoop`): ``q_steps`` Q steps then ``g_steps`` G steps. G is not
   maximizing the teacher–student discrepancy here; the loop is the same two-player alternation.
   Q: SGD (optionally Nesterov) or Adam with cosine decay over the rounds
   (:func:`~.distill.make_optimizer`); G: Adam (β1 = 0.5, GDFQ), cosine decay.
@@ -57,14 +57,15 @@ Choices not confirmed by the paper (all config fields; defaults in parentheses):
   (1), β = ``dkd_beta`` (8), T = ``temperature`` (4): DKD's CIFAR-100 settings. DKD's own
   warm-up of the loss weight is not implemented. ``distill = "kd"``: T²·KL at the same T (ablation).
   ``ce_weight`` (0): CE of Q to G's labels (GDFQ uses 1 with real-label-free KD).
-- Q's optimizer (``optimizer`` "adam", ``lr_q``, ``momentum``, ``nesterov``, ``weight_decay``):
+- Q's optimizer (``student.optimizer`` "adam", ``lr_q``, ``momentum``, ``nesterov``, ``weight_decay``):
   LRQ's is unpublished; GDFQ uses SGD-Nesterov lr 1e-4 (momentum 0.9, wd 1e-4) on a student
   with unfolded BN. On our BN-folded model with DKD (β·T² = 128 scales the gradients) one such
   SGD step took the DKD loss on ResNet-20 W4A4 from 27 to 620, while Adam at 1e-5 or 5e-5 lowered
   it, so both recipes use Adam (``paper``: 1e-4, ``cpu``: 5e-5) — unvalidated beyond that probe.
-- ``learn_act_scales`` / ``learn_weight_scales`` (off): LSQ-style learning of the quantizer step
-  sizes (:mod:`.student`), in a separate group at lr_q·``scale_lr_ratio`` without weight decay.
-- ``warmup_rounds`` (GDFQ: 4 of 400 epochs), ``calibration`` ("mse"), ``calib_batches`` (4).
+- ``student.learn_act_scales`` / ``student.learn_weight_scales`` (off): LSQ-style learning of the
+  quantizer step sizes (:mod:`.student`), in a separate group at lr_q·``student.scale_lr_ratio``
+  without weight decay.
+- ``warmup_rounds`` (GDFQ: 4 of 400 epochs), ``student.calibration`` ("mse"), ``calib_batches`` (4).
 - ``calib_refine_steps`` (0; both recipes: 50) at ``calib_refine_lr`` (0.05): GDFQ/LRQ have no
   calibration step (their quantizers track ranges during training, outside the deployable model);
   ours calibrates once, and the warmed-up generator's batches match the BN statistics only loosely
@@ -84,21 +85,23 @@ Choices not confirmed by the paper (all config fields; defaults in parentheses):
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from ..errors import ConfigError
-from .adversarial import MaxMinGame, Player
 from .bn_stats import BN_LOSSES, teacher_with_bn_taps
 from .checkpoint import Checkpointer
+from .config import Rule, group, setting
 from .distill import DKD_TARGETS, dkd_objective, kd_objective, make_optimizer
-from .generators import ConditionalGenerator
+from .generators import ConditionalGenerator, GeneratorSampler
+from .images import pixel_bounds
+from .loop import Player, TrainLoop
 from .margin import ClassifierTap, margin_cross_entropy
 from .registry import Method, MethodContext, register_method
-from .student import StudentConfig, calibrate_student, set_learned_scales, student_param_groups
-from .synthesis import match_bn_statistics, pixel_bounds
+from .student import StudentConfig, calibrate_student, student_param_groups, training
+from .synthesis import match_bn_statistics
 
 DISTILL = ("dkd", "kd")
 
@@ -111,17 +114,16 @@ class LRQ(Method):
     needs_class_logits = True
 
     @dataclass(frozen=True)
-    class Config(StudentConfig):
+    class Config(Method.Config):
         """Attributes (defaults: GDFQ/DKD/VAN values where published; see the module docstring):
             rounds: rounds of the alternating loop (GDFQ: 400 epochs × 200 iterations = 80000).
             warmup_rounds: generator-only rounds before calibration (GDFQ: 4 × 200 = 800).
-            batch_size: generated images per step (GDFQ: 200; ≥ 2).
             q_steps, g_steps: quantized-model and generator steps per round (1, 1).
             nz, ngf: generator latent size (100) and width (64).
-            lka, lka_kernel, lka_dilated_kernel, lka_dilation: long-range blocks (on, 5, 7, 3).
+            lka, lka_kernel, lka_dilated_kernel, lka_dilation: long-range blocks (on, 5, 7, 3; kernels odd).
             g_head: "gdfq" or "linear".
             lr_g, g_beta1: the generator's Adam (1e-3, 0.5).
-            ama_margin: AMA's angular margin m in radians (0.5; 0 = off).
+            ama_margin: AMA's angular margin m in radians (0.5; 0 = off; < π).
             ama_scale: 0 = natural scale ‖f‖‖W_y‖, s > 0 = ArcFace's fixed scale.
             bn_loss, bn_weight: the generator's BN-statistics term ("l2", 0.1).
             distill: "dkd" or "kd"; dkd_alpha, dkd_beta, temperature, dkd_target: DKD (1, 8, 4, "label").
@@ -130,84 +132,54 @@ class LRQ(Method):
                 toward the BN statistics before calibrating (0: calibrate on the generator's images as they are).
             q_refine_steps: the same steps (at calib_refine_lr) on every batch the quantized model learns
                 from, before the teacher labels it (0: the generator's images as they are).
-            optimizer ("sgd" | "adam"), lr_q, momentum, nesterov, weight_decay: the quantized model's.
-            and the shared student fields of :class:`~.student.StudentConfig` (scale learning,
-            calibration — here on the warmed-up generator's batches —, pixel clamping, checkpoints, logging).
+            lr_q, momentum, nesterov, weight_decay: the quantized model's optimizer (Nesterov: SGD only).
+            calib_batches: warmed-up generator batches the initial activation ranges are calibrated on.
+            clamp_to_pixels: clamp generated images to the normalized image of [0, 1] pixels.
+            student: the quantized model's training (:class:`~.student.StudentConfig`): ``batch_size``
+                generated images per step (GDFQ: 200), ``optimizer`` ("sgd" | "adam"), scale learning,
+                calibration, checkpoints and logging (every so many rounds).
         """
 
-        rounds: int = 80000
-        warmup_rounds: int = 800
-        batch_size: int = 200
-        q_steps: int = 1
-        g_steps: int = 1
-        nz: int = 100
-        ngf: int = 64
+        rounds: int = setting(80000, ge=0)
+        warmup_rounds: int = setting(800, ge=0)
+        q_steps: int = setting(1, ge=1)
+        g_steps: int = setting(1, ge=1)
+        nz: int = setting(100, ge=1)
+        ngf: int = setting(64, ge=1)
         lka: bool = True
-        lka_kernel: int = 5
-        lka_dilated_kernel: int = 7
-        lka_dilation: int = 3
-        g_head: str = "gdfq"
-        lr_g: float = 1e-3
-        g_beta1: float = 0.5
-        ama_margin: float = 0.5
-        ama_scale: float = 0.0
-        bn_loss: str = "l2"
-        bn_weight: float = 0.1
-        distill: str = "dkd"
-        dkd_alpha: float = 1.0
-        dkd_beta: float = 8.0
-        temperature: float = 4.0
-        dkd_target: str = "label"
-        ce_weight: float = 0.0
-        calib_refine_steps: int = 0
-        calib_refine_lr: float = 0.05
-        q_refine_steps: int = 0
-        optimizer: str = "adam"
-        lr_q: float = 1e-4
-        momentum: float = 0.9
+        lka_kernel: int = setting(5, ge=1, odd=True)
+        lka_dilated_kernel: int = setting(7, ge=1, odd=True)
+        lka_dilation: int = setting(3, ge=1)
+        g_head: str = setting("gdfq", choices=ConditionalGenerator.HEADS)
+        lr_g: float = setting(1e-3, gt=0)
+        g_beta1: float = setting(0.5, ge=0, lt=1)
+        ama_margin: float = setting(0.5, ge=0, lt=math.pi)
+        ama_scale: float = setting(0.0, ge=0)
+        bn_loss: str = setting("l2", choices=BN_LOSSES)
+        bn_weight: float = setting(0.1, ge=0)
+        distill: str = setting("dkd", choices=DISTILL)
+        dkd_alpha: float = setting(1.0, ge=0)
+        dkd_beta: float = setting(8.0, ge=0)
+        temperature: float = setting(4.0, gt=0)
+        dkd_target: str = setting("label", choices=DKD_TARGETS)
+        ce_weight: float = setting(0.0, ge=0)
+        calib_refine_steps: int = setting(0, ge=0)
+        calib_refine_lr: float = setting(0.05, gt=0)
+        q_refine_steps: int = setting(0, ge=0)
+        lr_q: float = setting(1e-4, gt=0)
+        momentum: float = setting(0.9, ge=0)
         nesterov: bool = True
-        weight_decay: float = 0.0
+        weight_decay: float = setting(0.0, ge=0)
+        calib_batches: int = setting(4, ge=1)
+        clamp_to_pixels: bool = True
+        student: StudentConfig = group(StudentConfig, batch_size=200, optimizer="adam")
 
-        def __post_init__(self):
-            super().__post_init__()
-            if self.rounds < 0 or self.warmup_rounds < 0:
-                raise ConfigError(f"lrq needs rounds >= 0 and warmup_rounds >= 0, got {self.rounds}, "
-                                  f"{self.warmup_rounds}")
-            if self.q_steps < 1 or self.g_steps < 1:
-                raise ConfigError(f"lrq needs q_steps >= 1 and g_steps >= 1, got {self.q_steps}, {self.g_steps}")
-            if self.nz < 1 or self.ngf < 1:
-                raise ConfigError("lrq needs nz and ngf >= 1")
-            if self.lka_dilation < 1 or min(self.lka_kernel, self.lka_dilated_kernel) < 1 or \
-                    self.lka_kernel % 2 == 0 or self.lka_dilated_kernel % 2 == 0:
-                raise ConfigError(f"LKA kernel sizes must be odd and >= 1 and lka_dilation >= 1, got "
-                                  f"{self.lka_kernel}, {self.lka_dilated_kernel}, {self.lka_dilation}")
-            if self.g_head not in ConditionalGenerator.HEADS:
-                raise ConfigError(f"g_head must be one of {ConditionalGenerator.HEADS}, got {self.g_head!r}")
-            if not 0.0 <= self.ama_margin < 3.14159 or self.ama_scale < 0:
-                raise ConfigError(f"ama_margin must be in [0, pi) radians (0 = off) and ama_scale >= 0, got "
-                                  f"{self.ama_margin}, {self.ama_scale}")
-            if self.bn_loss not in BN_LOSSES:
-                raise ConfigError(f"bn_loss must be one of {BN_LOSSES}, got {self.bn_loss!r}")
-            if self.distill not in DISTILL:
-                raise ConfigError(f"distill must be one of {DISTILL}, got {self.distill!r}")
-            if self.dkd_target not in DKD_TARGETS:
-                raise ConfigError(f"dkd_target must be one of {DKD_TARGETS}, got {self.dkd_target!r}")
-            if min(self.lr_q, self.lr_g, self.temperature, self.calib_refine_lr) <= 0:
-                raise ConfigError("lr_q, lr_g, temperature and calib_refine_lr must be > 0")
-            if self.calib_refine_steps < 0 or self.q_refine_steps < 0:
-                raise ConfigError(f"calib_refine_steps and q_refine_steps must be >= 0, got "
-                                  f"{self.calib_refine_steps}, {self.q_refine_steps}")
-            if not 0 <= self.g_beta1 < 1:
-                raise ConfigError(f"g_beta1 must be in [0, 1), got {self.g_beta1}")
-            if min(self.bn_weight, self.dkd_alpha, self.dkd_beta, self.ce_weight, self.momentum,
-                   self.weight_decay) < 0:
-                raise ConfigError("bn_weight, dkd_alpha, dkd_beta, ce_weight, momentum, weight_decay must be >= 0")
-            if self.optimizer == "sgd" and self.nesterov and self.momentum <= 0:
-                raise ConfigError("nesterov needs momentum > 0 (or set nesterov = false)")
+        rules = (Rule("nesterov", lambda c: not (c.student.optimizer == "sgd" and c.nesterov and c.momentum <= 0),
+                      "Nesterov SGD needs momentum > 0 (or set nesterov = false)"),)
 
     #: the warm-up and main loops of the last run (for tests and introspection)
-    warmup: MaxMinGame | None = None
-    game: MaxMinGame | None = None
+    warmup: TrainLoop | None = None
+    game: TrainLoop | None = None
 
     def student_objective(self):
         """``loss(student_logits, teacher_logits, y) -> {"loss", …}``: DKD or KD (+ CE to y)."""
@@ -229,30 +201,21 @@ class LRQ(Method):
             task.close()
 
     def run(self, ctx: MethodContext):
-        c, dev, qmodel = self.config, ctx.device, ctx.qmodel
-        teacher, bn = teacher_with_bn_taps(ctx)
-        for p in teacher.parameters():
-            p.requires_grad_(False)
+        c, s, dev, qmodel = self.config, self.config.student, ctx.device, ctx.qmodel
+        teacher, bn = teacher_with_bn_taps(ctx)  # a private copy: its taps need no removal
         classifier = ClassifierTap(teacher) if c.ama_margin > 0 or c.ama_scale > 0 else None
         ctx.log["ama"] = None if classifier is None else {"classifier": classifier.node_name}
         generator = ConditionalGenerator(
             ctx.input_shape, ctx.meta.num_classes, nz=c.nz, ngf=c.ngf, lka=c.lka, lka_kernel=c.lka_kernel,
             lka_dilated_kernel=c.lka_dilated_kernel, lka_dilation=c.lka_dilation, head=c.g_head).to(dev).train()
-        lo, hi = pixel_bounds(ctx.meta.mean, ctx.meta.std, dev)
-        refine_bounds = (lo, hi) if c.clamp_to_pixels else None  # for the ZeroQ refinement steps
-
-        def images(grad: bool):
-            with torch.set_grad_enabled(grad):
-                y = generator.sample_labels(c.batch_size, dev)
-                x = generator(generator.sample_latent(c.batch_size, dev), y)
-                return (torch.max(torch.min(x, hi), lo) if c.clamp_to_pixels else x), y
-
+        bounds = pixel_bounds(ctx.meta.mean, ctx.meta.std, dev) if c.clamp_to_pixels else None
+        images = GeneratorSampler(generator, s.batch_size, dev, bounds)
         objective = self.student_objective()
 
         def q_loss():
             x, y = images(False)
             if c.q_refine_steps:
-                x = match_bn_statistics(teacher, bn, x, c.q_refine_steps, c.calib_refine_lr, c.bn_loss, refine_bounds)
+                x = match_bn_statistics(teacher, bn, x, c.q_refine_steps, c.calib_refine_lr, c.bn_loss, bounds)
             with torch.no_grad():
                 t = teacher(x)
             return objective(qmodel(x), t, y)
@@ -266,50 +229,42 @@ class LRQ(Method):
             acc = (logits.detach().argmax(1) == y).float().mean()
             return {"loss": ce + c.bn_weight * l_bn, "ce": ce, "bn": l_bn, "acc": acc}
 
-        groups, q_params = student_param_groups(qmodel, c.lr_q, learn_weight_scales=c.learn_weight_scales,
-                                                learn_act_scales=c.learn_act_scales, scale_lr_ratio=c.scale_lr_ratio)
-        opt_q, sched_q = make_optimizer(groups, c.optimizer, c.lr_q, c.rounds, c.momentum, c.weight_decay,
-                                        nesterov=c.nesterov and c.optimizer == "sgd")
+        groups, q_params = student_param_groups(qmodel, c.lr_q, learn_weight_scales=s.learn_weight_scales,
+                                                learn_act_scales=s.learn_act_scales, scale_lr_ratio=s.scale_lr_ratio)
+        opt_q, sched_q = make_optimizer(groups, s.optimizer, c.lr_q, c.rounds, c.momentum, c.weight_decay,
+                                        nesterov=c.nesterov and s.optimizer == "sgd")
         g_params = list(generator.parameters())
         opt_g, sched_g = make_optimizer(g_params, "adam", c.lr_g, c.rounds, betas=(c.g_beta1, 0.999))
         fingerprint = dataclasses.asdict(c)
         # warm-up: generator steps only, no schedulers (the main loop's cosine starts after it)
-        warmup = MaxMinGame(
-            Player("q", q_loss, q_params, opt_q), Player("g", g_loss, g_params, opt_g),
-            rounds=c.warmup_rounds, modules={"generator": generator}, student_steps=0, generator_steps=c.g_steps,
+        self.warmup = warmup = TrainLoop(
+            [Player("q", q_loss, q_params, opt_q, steps=0), Player("g", g_loss, g_params, opt_g, steps=c.g_steps)],
+            c.warmup_rounds, {"generator": generator},
             checkpointer=Checkpointer(ctx.workdir, "lrq_warmup.ckpt", fingerprint),
-            checkpoint_every=c.checkpoint_every, log_every=c.log_every)
-        game = MaxMinGame(
-            Player("q", q_loss, q_params, opt_q, sched_q), Player("g", g_loss, g_params, opt_g, sched_g),
-            rounds=c.rounds, modules={"qmodel": qmodel, "generator": generator}, student_steps=c.q_steps,
-            generator_steps=c.g_steps, checkpointer=Checkpointer(ctx.workdir, "lrq.ckpt", fingerprint),
-            checkpoint_every=c.checkpoint_every, log_every=c.log_every)
-        self.warmup, self.game = warmup, game
-        qmodel.train()
-        try:
-            if game.restore():
-                ctx.log["resumed_from_round"] = game.resumed_from
-            else:
-                if warmup.restore():
-                    ctx.log["resumed_from_warmup_round"] = warmup.resumed_from
+            checkpoint_every=s.checkpoint_every, log_every=s.log_every)
+        self.game = game = TrainLoop(
+            [Player("q", q_loss, q_params, opt_q, sched_q, steps=c.q_steps),
+             Player("g", g_loss, g_params, opt_g, sched_g, steps=c.g_steps)],
+            c.rounds, {"qmodel": qmodel, "generator": generator},
+            checkpointer=Checkpointer(ctx.workdir, "lrq.ckpt", fingerprint),
+            checkpoint_every=s.checkpoint_every, log_every=s.log_every)
+        with training(qmodel):
+            if not game.resume(ctx.log, "resumed_from_round"):
+                warmup.resume(ctx.log, "resumed_from_warmup_round")
                 if c.warmup_rounds:
                     ctx.log["warmup_curves"] = warmup.run_with_progress(
-                        ctx.progress, f"LRQ: {c.warmup_rounds} generator warm-up rounds", c.warmup_rounds)
-                    if c.checkpoint_every:  # the finished warm-up, so a resume skips it
-                        warmup.checkpointer.save(warmup.state_dict())
+                        ctx.progress, f"LRQ: {c.warmup_rounds} generator warm-up rounds")
+                    if s.checkpoint_every:  # the finished warm-up, so a resume skips it
+                        warmup.save()
                 with torch.no_grad():
                     batches = [images(False)[0] for _ in range(c.calib_batches)]
                 if c.calib_refine_steps:
-                    batches = self.refine(ctx, teacher, bn, batches, refine_bounds)
-                ranges = calibrate_student(ctx, batches, c.calibration, learn_weight_scales=c.learn_weight_scales,
-                                           learn_act_scales=c.learn_act_scales)
+                    batches = self.refine(ctx, teacher, bn, batches, bounds)
+                ranges = calibrate_student(ctx, batches, s.calibration, learn_weight_scales=s.learn_weight_scales,
+                                           learn_act_scales=s.learn_act_scales)
                 ctx.log["initial_ranges"] = {k: list(v) for k, v in ranges.items()}
             ctx.log["curves"] = game.run_with_progress(
-                ctx.progress, f"LRQ: {c.rounds} rounds of {c.q_steps} Q step(s) + {c.g_steps} G step(s)", c.rounds)
-        finally:  # the teacher is a private copy: its taps need no removal
-            set_learned_scales(qmodel, weights=False, acts=False)
-            for p in list(qmodel.parameters()) + g_params:
-                p.grad = None
+                ctx.progress, f"LRQ: {c.rounds} rounds of {c.q_steps} Q step(s) + {c.g_steps} G step(s)")
         game.checkpointer.clear()
         warmup.checkpointer.clear()
         return qmodel.eval()

@@ -28,9 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import fx
 
-from ..errors import UnsupportedModelError
-from ..quant import ops
-from ..quant.rewrite import get_attr_value
+from ..core.errors import UnsupportedModelError
+from ..graph import ops
+from ..graph.fx import get_attr_value
 from .taps import insert_taps
 
 

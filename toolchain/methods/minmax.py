@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..errors import ConfigError
 from ..quant.bn_ranges import set_ranges_from_bn
 from ..quant.calibrate import set_input_range
+from .config import setting
 from .registry import Method, MethodContext, register_method
 
 
@@ -21,16 +21,12 @@ class MinMax(Method):
     needs_batchnorm = False
 
     @dataclass(frozen=True)
-    class Config:
+    class Config(Method.Config):
         """Attributes:
-            num_std: half-width of each channel's range in standard deviations (k in μ ± kσ).
+            num_std: half-width of each channel's range in standard deviations (k in μ ± kσ; > 0).
         """
 
-        num_std: float = 4.0
-
-        def __post_init__(self):
-            if self.num_std <= 0:
-                raise ConfigError(f"num_std must be > 0, got {self.num_std}")
+        num_std: float = setting(4.0, gt=0)
 
     def run(self, ctx: MethodContext):
         set_ranges_from_bn(ctx.qmodel, ctx.meta.mean, ctx.meta.std, self.config.num_std)

@@ -3,8 +3,12 @@
 ``recipes/<method>.toml``::
 
     [cpu]                 # minutes on two CPU cores
+    calibration = "mse"
+    [cpu.synthesis]       # the config's ``synthesis`` group
     iterations = 200
     [paper]               # the published schedule (a GPU)
+    calibration = "mse"
+    [paper.synthesis]
     iterations = 500
 
 Parsed with the standard library's tomllib. Lookup order: an explicit ``--recipe FILE``,
@@ -12,6 +16,8 @@ Parsed with the standard library's tomllib. Lookup order: an explicit ``--recipe
 (``recipes/`` in the repository, installed as ``toolchain.recipes`` and read with
 ``importlib.resources``, so a wheel has them too). A method without a recipe, or a recipe
 without the budget's table, is an error — never a silent fallback to the dataclass defaults.
+A budget table's sub-tables (``[cpu.synthesis]``) fill the config's groups of settings; the values
+are typed and checked by the config (:func:`~.config.build_config`).
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore
 
-from ..errors import ConfigError
+from ..core.errors import ConfigError
 
 BUDGETS = ("cpu", "paper")
 #: the package the shipped recipes are installed as (setuptools maps it to the top-level recipes/)
@@ -82,14 +88,3 @@ def load_recipe(method: str, budget: str = "cpu", path: str | Path | None = None
         raise ConfigError(f"recipe {recipe_origin(method, path)} has no [{budget}] table",
                           f"budgets defined there: {', '.join(k for k, v in data.items() if isinstance(v, dict))}")
     return dict(data[budget])
-
-
-def parse_overrides(items: list[str] | None) -> dict:
-    """``["lr=0.1", "iterations=50"]`` → ``{"lr": "0.1", ...}`` (typed later by the config)."""
-    out = {}
-    for item in items or []:
-        if "=" not in item:
-            raise ConfigError(f"--set expects key=value, got {item!r}")
-        k, v = item.split("=", 1)
-        out[k.strip()] = v.strip()
-    return out

@@ -2,21 +2,22 @@
 
 A method receives the FP teacher and the initialized quantized model through a
 :class:`MethodContext` and returns the quantized model. It never sees data files.
-Its hyperparameters are a frozen dataclass (``Method.Config``) filled from a recipe
-(``recipes/<name>.toml``, one table per budget) and then from ``--set key=value`` overrides.
+Its hyperparameters are a frozen :class:`~.config.Settings` dataclass (``Method.Config``) filled
+from a recipe (``recipes/<name>.toml``, one table per budget) and then from ``--set key=value``
+overrides by :func:`method_config` (the one way settings reach a method, :mod:`.config`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar
+from typing import Callable, ClassVar
 
 import torch
 
-from ..errors import ConfigError
-from ..models.meta import ModelMeta
+from ..core.errors import ConfigError
+from .config import Settings, build_config
+from ..core.meta import ModelMeta
 from ..quant.model import QuantizedModel
 from ..quant.scheme import QuantScheme
 
@@ -42,43 +43,20 @@ def get_method(name: str) -> type["Method"]:
     return _METHODS[name]
 
 
+def method_config(name: str, *layers: dict) -> tuple[type["Method"], Settings]:
+    """(Method class, its frozen config from ``layers`` of settings), e.g. ``method_config("bnstat",
+    load_recipe("bnstat", "cpu"), {"iterations": "50"})``.
+
+    Raises:
+        ConfigError: an unknown method; SettingError (a ConfigError) for a bad key or value.
+    """
+    cls = get_method(name)
+    return cls, build_config(cls.Config, *layers, owner=name)
+
+
 def list_methods() -> list[str]:
     from . import _load_all  # noqa: F401
     return sorted(_METHODS)
-
-
-def _coerce(value: Any, typ: Any, key: str):
-    """Convert a ``--set`` string (or TOML value) to the config field's type."""
-    if isinstance(typ, str):  # postponed annotations
-        typ = {"int": int, "float": float, "bool": bool, "str": str}.get(typ.split("|")[0].strip(), None)
-    if typ is bool and isinstance(value, str):
-        if value.lower() in ("1", "true", "yes", "on"):
-            return True
-        if value.lower() in ("0", "false", "no", "off"):
-            return False
-        raise ConfigError(f"{key} expects true/false, got {value!r}")
-    if typ in (int, float, str) and not isinstance(value, typ):
-        try:
-            return typ(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{key} expects a {typ.__name__}, got {value!r}") from None
-    return value
-
-
-def build_config(config_cls, values: dict) -> Any:
-    """Instantiate a method config from a dict, rejecting unknown keys and coercing types."""
-    known = {f.name: f for f in dataclasses.fields(config_cls)}
-    unknown = sorted(set(values) - set(known))
-    if unknown:
-        raise ConfigError(f"unknown setting(s) {', '.join(unknown)} for {config_cls.__qualname__}",
-                          f"known: {', '.join(sorted(known))}")
-    kw = {k: _coerce(v, known[k].type, k) for k, v in values.items()}
-    try:
-        return config_cls(**kw)
-    except ConfigError:
-        raise
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"bad method setting: {e}") from None
 
 
 @dataclass
@@ -86,7 +64,8 @@ class MethodContext:
     """Everything a method may use. No data files: only the FP model and its model card.
 
     Attributes:
-        teacher: the FP model (fx GraphModule of ATen ops, eval mode, frozen), on ``device``.
+        teacher: the FP model (fx GraphModule of ATen ops), on ``device``; frozen here (eval mode,
+            no parameter requires grad). Inserting taps needs a private copy: :meth:`teacher_copy`.
         qmodel: the quantized model (weights initialized, activation ranges unset), on ``device``.
         meta: the model card (input shape, normalization, classes).
         scheme: bit widths.
@@ -116,6 +95,16 @@ class MethodContext:
             self.progress = lambda description, total=None: _NullTask()
         if self.cached is None:
             self.cached = lambda kind, key, build: build()
+        if self.teacher is not None:
+            self.teacher.eval()
+            for p in self.teacher.parameters():
+                p.requires_grad_(False)
+
+    def teacher_copy(self) -> torch.nn.Module:
+        """A private copy of the frozen teacher (an fx GraphModule, eval mode, on ``device``) that a
+        method may insert taps into without touching :attr:`teacher`."""
+        from ..quant.rewrite import fp_graph_module
+        return fp_graph_module(self.teacher).to(self.device).eval()
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -141,7 +130,7 @@ class Method:
     needs_class_logits: ClassVar[bool] = False
 
     @dataclass(frozen=True)
-    class Config:
+    class Config(Settings):
         pass
 
     def __init__(self, config=None):

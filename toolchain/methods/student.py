@@ -1,6 +1,6 @@
-"""The quantized model as a trained student (generative methods: ZAQ, LRQ).
+"""The quantized model as a trained student (ZAQ, LRQ, GZNQ's fine-tuning).
 
-Three pieces every method that fine-tunes the deployable quantized model needs:
+The pieces every method that fine-tunes the deployable quantized model needs:
 
 - :func:`set_learned_scales`: LSQ-style learning of the quantizer step sizes on or off, with the
   network input's quantizer always fixed (its range is the exact normalized-pixel range);
@@ -9,19 +9,21 @@ Three pieces every method that fine-tunes the deployable quantized model needs:
 - :func:`calibrate_student`: the initial activation ranges from a few generated batches
   (scales frozen while calibrating, the input given its exact range), then the learned scales
   switched back on;
-- :class:`StudentConfig`: the config fields (and their validation) every such method shares.
+- :func:`training`: the block the training runs in, which freezes the scales again however it ends;
+- :class:`StudentConfig`: the settings of that training, a group every such method's config holds.
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
 
-from ..errors import ConfigError
 from ..quant.calibrate import CALIBRATIONS
 from ..quant.model import QuantizedModel
 from .bnstat import calibrate_on
+from .config import Settings, setting
 from .distill import OPTIMIZERS
 
 INPUT_QUANTIZER = "act_quant.input"
@@ -80,49 +82,40 @@ def calibrate_student(ctx, batches: list[torch.Tensor], method: str, *, learn_we
         set_learned_scales(ctx.qmodel, weights=learn_weight_scales, acts=learn_act_scales)
 
 
+@contextlib.contextmanager
+def training(qmodel: QuantizedModel, *cleanups):
+    """A block that trains ``qmodel``: train mode inside; on the way out, normally or not, every
+    ``cleanups`` callable (e.g. removing feature taps) is called and all quantizer scales are
+    frozen again (the model is exported as it is). Yields ``qmodel``."""
+    qmodel.train()
+    try:
+        yield qmodel
+    finally:
+        for cleanup in cleanups:
+            cleanup()
+        set_learned_scales(qmodel, weights=False, acts=False)
+
+
 @dataclass(frozen=True)
-class StudentConfig:
-    """Config fields shared by the methods that train the quantized model on generated images
-    (a method's ``Config`` inherits them; it may redeclare a field to change its default).
+class StudentConfig(Settings):
+    """How a method trains the quantized model (the ``student`` group of its ``Config``).
 
     Attributes:
-        batch_size: generated images per step (>= 2: the generators' BN uses batch statistics).
+        batch_size: images per step (>= 2: the generators' BN uses batch statistics).
         optimizer: the quantized model's optimizer, one of :data:`~.distill.OPTIMIZERS`.
         learn_act_scales, learn_weight_scales: LSQ-style step-size learning (:func:`student_param_groups`).
-        scale_lr_ratio: the learned scales' learning rate relative to the weights'.
-        calibration, calib_batches: the initial activation ranges (:func:`calibrate_student`) from
-            that many generated batches.
-        clamp_to_pixels: clamp generated images to the normalized image of [0, 1] pixels.
-        checkpoint_every: rounds between checkpoints (0: none).
-        log_every: rounds between loss-curve entries in log.json.
-
-    Raises:
-        ConfigError: batch_size < 2, an unknown optimizer, scale_lr_ratio <= 0, an unknown
-            calibration, calib_batches < 1, checkpoint_every < 0 or log_every < 1.
+        scale_lr_ratio: the learned scales' learning rate relative to the weights' (> 0).
+        calibration: the initial activation ranges' calibration (:func:`calibrate_student`), one of
+            :data:`~toolchain.quant.calibrate.CALIBRATIONS`.
+        checkpoint_every: steps (rounds) between checkpoints (0: none).
+        log_every: steps (rounds) between loss-curve entries in log.json (>= 1).
     """
 
-    batch_size: int = 32
-    optimizer: str = "adam"
+    batch_size: int = setting(32, ge=2)
+    optimizer: str = setting("adam", choices=OPTIMIZERS)
     learn_act_scales: bool = False
     learn_weight_scales: bool = False
-    scale_lr_ratio: float = 1.0
-    calibration: str = "mse"
-    calib_batches: int = 4
-    clamp_to_pixels: bool = True
-    checkpoint_every: int = 100
-    log_every: int = 10
-
-    def __post_init__(self):
-        if self.batch_size < 2:
-            raise ConfigError(f"batch_size must be >= 2 (the generator's BN uses batch statistics), "
-                              f"got {self.batch_size}")
-        if self.optimizer not in OPTIMIZERS:
-            raise ConfigError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
-        if self.scale_lr_ratio <= 0:
-            raise ConfigError(f"scale_lr_ratio must be > 0, got {self.scale_lr_ratio}")
-        if self.calibration not in CALIBRATIONS:
-            raise ConfigError(f"calibration must be one of {CALIBRATIONS}, got {self.calibration!r}")
-        if self.calib_batches < 1:
-            raise ConfigError(f"calib_batches must be >= 1, got {self.calib_batches}")
-        if self.checkpoint_every < 0 or self.log_every < 1:
-            raise ConfigError("checkpoint_every must be >= 0 and log_every >= 1")
+    scale_lr_ratio: float = setting(1.0, gt=0)
+    calibration: str = setting("mse", choices=CALIBRATIONS)
+    checkpoint_every: int = setting(100, ge=0)
+    log_every: int = setting(10, ge=1)

@@ -12,42 +12,30 @@ from dataclasses import dataclass
 
 import torch
 
-from ..errors import ConfigError
 from .bn_stats import BN_LOSSES, BNStatistics
+from .config import Settings, setting
+from .images import clamp_pixels, pixel_bounds
 
 
 @dataclass(frozen=True)
-class SynthesisConfig:
-    """Hyperparameters of BN-statistics distillation.
+class SynthesisConfig(Settings):
+    """Hyperparameters of BN-statistics distillation (the ``synthesis`` group of a method's config).
 
     Attributes:
-        num_images: size of the synthetic set.
-        batch_size: images optimized jointly (BN statistics are batch statistics).
-        iterations: Adam steps per batch (ZeroQ: 500).
-        lr: Adam learning rate (ZeroQ: 0.5).
-        bn_loss: "l2" (ZeroQ) or "kl" (GZNQ's Gaussian KL).
+        num_images: size of the synthetic set (>= 1).
+        batch_size: images optimized jointly (>= 2: BN statistics are batch statistics).
+        iterations: Adam steps per batch (>= 1; ZeroQ: 500).
+        lr: Adam learning rate (> 0; ZeroQ: 0.5).
+        bn_loss: "l2" (ZeroQ) or "kl" (GZNQ's Gaussian KL), one of :data:`~.bn_stats.BN_LOSSES`.
         clamp_to_pixels: keep images within the normalized image of [0, 1] pixels.
     """
 
-    num_images: int = 256
-    batch_size: int = 64
-    iterations: int = 200
-    lr: float = 0.2
-    bn_loss: str = "l2"
+    num_images: int = setting(256, ge=1)
+    batch_size: int = setting(64, ge=2)
+    iterations: int = setting(200, ge=1)
+    lr: float = setting(0.2, gt=0)
+    bn_loss: str = setting("l2", choices=BN_LOSSES)
     clamp_to_pixels: bool = True
-
-    def __post_init__(self):
-        if self.num_images < 1 or self.batch_size < 2 or self.iterations < 1 or self.lr <= 0:
-            raise ConfigError("synthesis needs num_images >= 1, batch_size >= 2, iterations >= 1, lr > 0")
-        if self.bn_loss not in BN_LOSSES:
-            raise ConfigError(f"bn_loss must be one of {BN_LOSSES}, got {self.bn_loss!r}")
-
-
-def pixel_bounds(mean, std, device=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel (lo, hi) of normalized pixels in [0, 1], shaped (1, C, 1, 1)."""
-    m = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
-    s = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
-    return (0 - m) / s, (1 - m) / s
 
 
 def match_bn_statistics(teacher: torch.nn.Module, bn: BNStatistics, x: torch.Tensor, iterations: int, lr: float,
@@ -57,7 +45,8 @@ def match_bn_statistics(teacher: torch.nn.Module, bn: BNStatistics, x: torch.Ten
     (ZeroQ, Cai et al., CVPR 2020, eq. 2): Adam on the pixels, cosine learning-rate decay.
 
     Args:
-        teacher: FP model with ``bn``'s taps inserted, eval mode, its parameters frozen.
+        teacher: FP model with ``bn``'s taps inserted, eval mode, its parameters frozen
+            (:meth:`~.registry.MethodContext.teacher_copy`).
         bn: the BN-statistics hooks of ``teacher``.
         x: (N, C, H, W) float32 starting images (N >= 2), normalized input space; not modified.
         iterations: Adam steps (>= 0; 0 returns the clamped start).
@@ -69,9 +58,7 @@ def match_bn_statistics(teacher: torch.nn.Module, bn: BNStatistics, x: torch.Ten
     Returns:
         The optimized (N, C, H, W) float32 images, detached, on ``x``'s device.
     """
-    if bounds is not None:
-        x = torch.max(torch.min(x, bounds[1]), bounds[0])
-    x = x.detach().clone().requires_grad_(True)
+    x = clamp_pixels(x, bounds).detach().clone().requires_grad_(True)
     opt = torch.optim.Adam([x], lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(iterations, 1))
     for _ in range(iterations):
@@ -83,7 +70,7 @@ def match_bn_statistics(teacher: torch.nn.Module, bn: BNStatistics, x: torch.Ten
         sched.step()
         if bounds is not None:
             with torch.no_grad():
-                x.copy_(torch.max(torch.min(x, bounds[1]), bounds[0]))
+                x.copy_(clamp_pixels(x, bounds))
         if progress is not None:
             progress.advance(1, loss=float(loss.detach()))
     return x.detach()
@@ -95,7 +82,7 @@ def distill_images(teacher: torch.nn.Module, bn: BNStatistics, input_shape, mean
     at a time (:func:`match_bn_statistics`).
 
     Args:
-        teacher: FP model with ``bn``'s taps inserted, eval mode, on ``device``.
+        teacher: FP model with ``bn``'s taps inserted, eval mode, frozen, on ``device``.
         bn: the BN-statistics hooks of ``teacher``.
         input_shape: (C, H, W).
         mean, std: normalization of the model card (for ``clamp_to_pixels``).
@@ -107,8 +94,6 @@ def distill_images(teacher: torch.nn.Module, bn: BNStatistics, input_shape, mean
     """
     bounds = pixel_bounds(mean, std, device) if cfg.clamp_to_pixels else None
     out = []
-    for p in teacher.parameters():
-        p.requires_grad_(False)
     remaining = cfg.num_images
     while remaining > 0:
         b = min(cfg.batch_size, remaining) if remaining >= 2 else 2

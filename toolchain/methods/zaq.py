@@ -1,7 +1,7 @@
 """``zaq``: Zero-shot Adversarial Quantization (Liu, Zhang, Wang; CVPR 2021; arXiv 2103.15263).
 
 A generator G (:class:`~.generators.DFADGenerator`) and the quantized model Q play a
-max–min game (:class:`~.adversarial.MaxMinGame`) around the frozen FP model P:
+max–min game (two players of :class:`~.loop.TrainLoop`) around the frozen FP model P:
 
 - Q step (×5 per round): L_Q = L1(Q(x), P(x)) + α·Σ_l w_l·D_l, x = G(z) detached,
   where D_l is the relation discrepancy (:mod:`.relation`) of the feature maps at the
@@ -18,16 +18,16 @@ normalized-pixel range). Only the final model is returned.
 
 Choices not confirmed by the paper or the authors' code (REFERENCES.md), all config fields:
 
-- ``learn_act_scales`` / ``learn_weight_scales`` (default off): LSQ-style learning of the
+- ``student.learn_act_scales`` / ``student.learn_weight_scales`` (default off): LSQ-style learning of the
   quantizer step sizes; the authors re-derive ranges in their own (non-deployable)
-  quantizer. When on, scales are a separate SGD group with lr = ``lr_q·scale_lr_ratio``
+  quantizer. When on, scales are a separate SGD group with lr = ``lr_q·student.scale_lr_ratio``
   and no weight decay (our fake-quant has no LSQ gradient scaling).
-- ``optimizer`` ("sgd" published; the recipes use "adam"): the published SGD at lr 0.1 relies on
+- ``student.optimizer`` ("sgd" published; the recipes use "adam"): the published SGD at lr 0.1 relies on
   the BN layers of the authors' student, which make its conv weights scale-free. Our student has
   BN folded, its gradients are up to 10× the weights' norm per layer (ResNet-20 W4A4), and SGD at
   lr 1e-2 or 1e-3 collapsed it to ~10% top-1 within 10–20 rounds; Adam's per-weight steps of ≈ lr
   keep the calibrated weights (measurements in ``recipes/zaq.toml``).
-- ``calibration`` ("mse") and ``calib_batches`` (4) for the initial ranges.
+- ``student.calibration`` ("mse") and ``calib_batches`` (4) for the initial ranges.
 - ``clamp_to_pixels`` (on): generated images are clamped to the normalized image of
   [0, 1] pixels before both models see them — the deployed input quantizer clips there
   anyway, and otherwise the generator can win by leaving the representable input range.
@@ -36,27 +36,28 @@ Choices not confirmed by the paper or the authors' code (REFERENCES.md), all con
 - The feature taps are chosen from the graph (every resolution stage's output) rather
   than hand-picked per architecture; for CIFAR ResNet-20 they are the three stage outputs
   the authors use.
-- Checkpoints every ``checkpoint_every`` rounds into the run's work directory; a re-run
+- Checkpoints every ``student.checkpoint_every`` rounds into the run's work directory; a re-run
   of the same command continues from the last one and deletes it when done.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from ..errors import ConfigError
-from .adversarial import MaxMinGame, Player
 from .checkpoint import Checkpointer
+from .config import group, setting
 from .distill import make_optimizer
 from .features import teacher_student_taps
-from .generators import DFADGenerator
+from .generators import DFADGenerator, GeneratorSampler
+from .images import pixel_bounds
+from .loop import Player, TrainLoop
 from .registry import Method, MethodContext, register_method
 from .relation import FEATURE_WEIGHTS, feature_discrepancy
-from .student import StudentConfig, calibrate_student, set_learned_scales, student_param_groups
-from .synthesis import pixel_bounds
+from .student import StudentConfig, calibrate_student, student_param_groups, training
 
 
 def multistep(optimizer, rounds: int, gamma: float = 0.1):
@@ -71,13 +72,11 @@ class ZAQ(Method):
     needs_class_logits = True
 
     @dataclass(frozen=True)
-    class Config(StudentConfig):
+    class Config(Method.Config):
         """Attributes (published values as defaults; see the module docstring for the unconfirmed ones):
             rounds: game rounds, each ``q_steps`` Q steps + 1 G step (paper: 300×60 = 18000).
-            batch_size: generated images per step (paper: 256).
             q_steps: Q steps per G step (paper: 5).
             nz: latent size (paper: 256).
-            optimizer: Q's optimizer, "sgd" (paper) or "adam".
             lr_q, momentum, weight_decay: Q's optimizer (paper SGD: 0.1, 0.9, 5e-4; momentum: SGD only).
             lr_g: Adam of G (paper: 1e-3).
             lr_decay: MultiStepLR factor at 1/3 and 2/3 of the rounds (paper: 0.1).
@@ -85,58 +84,40 @@ class ZAQ(Method):
             beta: weight of G's activation regularizer (paper: 0.1).
             gamma: relation-transform mixing factor (paper: 0.1).
             feature_weights: "uniform" or "adaptive".
-            and the shared student fields of :class:`~.student.StudentConfig` (scale learning,
-            calibration, pixel clamping, checkpoints, logging); ``scale_lr_ratio`` defaults to 0.01.
+            calib_batches: generated batches the initial activation ranges are calibrated on.
+            clamp_to_pixels: clamp generated images to the normalized image of [0, 1] pixels.
+            student: Q's training (:class:`~.student.StudentConfig`): ``batch_size`` generated images
+                per step (paper: 256), ``optimizer`` "sgd" (paper) or "adam", scale learning
+                (``scale_lr_ratio`` 0.01), calibration, checkpoints and logging (every so many rounds).
         """
 
-        rounds: int = 18000
-        batch_size: int = 256
-        q_steps: int = 5
-        nz: int = 256
-        optimizer: str = "sgd"
-        lr_q: float = 0.1
-        momentum: float = 0.9
-        weight_decay: float = 5e-4
-        lr_g: float = 1e-3
-        lr_decay: float = 0.1
-        alpha: float = 1.0
-        beta: float = 0.1
-        gamma: float = 0.1
-        feature_weights: str = "uniform"
-        scale_lr_ratio: float = 0.01
-
-        def __post_init__(self):
-            super().__post_init__()
-            if self.rounds < 0 or self.q_steps < 1 or self.nz < 1:
-                raise ConfigError("zaq needs rounds >= 0, q_steps >= 1, nz >= 1")
-            if min(self.lr_q, self.lr_g) <= 0 or not 0 < self.lr_decay <= 1:
-                raise ConfigError("zaq needs lr_q, lr_g > 0 and 0 < lr_decay <= 1")
-            if min(self.momentum, self.weight_decay, self.alpha, self.beta, self.gamma) < 0:
-                raise ConfigError("momentum, weight_decay, alpha, beta, gamma must be >= 0")
-            if self.feature_weights not in FEATURE_WEIGHTS:
-                raise ConfigError(f"feature_weights must be one of {FEATURE_WEIGHTS}, got {self.feature_weights!r}")
+        rounds: int = setting(18000, ge=0)
+        q_steps: int = setting(5, ge=1)
+        nz: int = setting(256, ge=1)
+        lr_q: float = setting(0.1, gt=0)
+        momentum: float = setting(0.9, ge=0)
+        weight_decay: float = setting(5e-4, ge=0)
+        lr_g: float = setting(1e-3, gt=0)
+        lr_decay: float = setting(0.1, gt=0, le=1)
+        alpha: float = setting(1.0, ge=0)
+        beta: float = setting(0.1, ge=0)
+        gamma: float = setting(0.1, ge=0)
+        feature_weights: str = setting("uniform", choices=FEATURE_WEIGHTS)
+        calib_batches: int = setting(4, ge=1)
+        clamp_to_pixels: bool = True
+        student: StudentConfig = group(StudentConfig, batch_size=256, optimizer="sgd", scale_lr_ratio=0.01)
 
     #: the game of the last run (for tests and introspection)
-    game: MaxMinGame | None = None
+    game: TrainLoop | None = None
 
     def run(self, ctx: MethodContext):
-        import dataclasses
-
-        from ..quant.rewrite import fp_graph_module
-
-        c, dev, qmodel = self.config, ctx.device, ctx.qmodel
-        teacher = fp_graph_module(ctx.teacher).to(dev).eval()
-        for p in teacher.parameters():
-            p.requires_grad_(False)
+        c, s, dev, qmodel = self.config, self.config.student, ctx.device, ctx.qmodel
+        teacher = ctx.teacher_copy()  # private: it gets feature taps
         t_taps, s_taps = teacher_student_taps(teacher, qmodel.gm)
         ctx.log["feature_taps"] = {"fp": t_taps.names, "quantized": s_taps.names}
         generator = DFADGenerator(ctx.input_shape, nz=c.nz).to(dev).train()
-        lo, hi = pixel_bounds(ctx.meta.mean, ctx.meta.std, dev)
-
-        def images(grad: bool) -> torch.Tensor:
-            with torch.set_grad_enabled(grad):
-                x = generator(generator.sample_latent(c.batch_size, dev))
-                return torch.max(torch.min(x, hi), lo) if c.clamp_to_pixels else x
+        images = GeneratorSampler(generator, s.batch_size, dev,
+                                  pixel_bounds(ctx.meta.mean, ctx.meta.std, dev) if c.clamp_to_pixels else None)
 
         def discrepancy(x, teacher_grad: bool):
             with torch.set_grad_enabled(teacher_grad):
@@ -148,42 +129,32 @@ class ZAQ(Method):
             return l_out, l_feat, feats_p
 
         def q_loss():
-            l_out, l_feat, _ = discrepancy(images(False), teacher_grad=False)
+            l_out, l_feat, _ = discrepancy(images(False)[0], teacher_grad=False)
             return {"loss": l_out + c.alpha * l_feat, "out": l_out, "feat": l_feat}
 
         def g_loss():
-            l_out, l_feat, feats_p = discrepancy(images(True), teacher_grad=True)
+            l_out, l_feat, feats_p = discrepancy(images(True)[0], teacher_grad=True)
             act = feats_p[-1].abs().mean()
             return {"loss": -l_out - c.alpha * l_feat - c.beta * act, "out": l_out, "feat": l_feat, "act": act}
 
-        groups, q_params = student_param_groups(qmodel, c.lr_q, learn_weight_scales=c.learn_weight_scales,
-                                                learn_act_scales=c.learn_act_scales, scale_lr_ratio=c.scale_lr_ratio)
-        opt_q, _ = make_optimizer(groups, c.optimizer, c.lr_q, c.rounds, c.momentum, c.weight_decay)
+        groups, q_params = student_param_groups(qmodel, c.lr_q, learn_weight_scales=s.learn_weight_scales,
+                                                learn_act_scales=s.learn_act_scales, scale_lr_ratio=s.scale_lr_ratio)
+        opt_q, _ = make_optimizer(groups, s.optimizer, c.lr_q, c.rounds, c.momentum, c.weight_decay)
         opt_g = torch.optim.Adam(generator.parameters(), lr=c.lr_g)
-        game = MaxMinGame(
-            Player("q", q_loss, q_params, opt_q, multistep(opt_q, c.rounds, c.lr_decay)),
-            Player("g", g_loss, list(generator.parameters()), opt_g, multistep(opt_g, c.rounds, c.lr_decay)),
-            rounds=c.rounds, modules={"qmodel": qmodel, "generator": generator}, student_steps=c.q_steps,
+        self.game = game = TrainLoop(
+            [Player("q", q_loss, q_params, opt_q, multistep(opt_q, c.rounds, c.lr_decay), steps=c.q_steps),
+             Player("g", g_loss, list(generator.parameters()), opt_g, multistep(opt_g, c.rounds, c.lr_decay))],
+            c.rounds, {"qmodel": qmodel, "generator": generator},
             checkpointer=Checkpointer(ctx.workdir, "zaq.ckpt", fingerprint=dataclasses.asdict(c)),
-            checkpoint_every=c.checkpoint_every, log_every=c.log_every)
-        self.game = game
-        qmodel.train()
-        try:
-            if game.restore():
-                ctx.log["resumed_from_round"] = game.resumed_from
-            else:
+            checkpoint_every=s.checkpoint_every, log_every=s.log_every)
+        with training(qmodel, t_taps.remove, s_taps.remove):
+            if not game.resume(ctx.log, "resumed_from_round"):
                 with torch.no_grad():
-                    batches = [images(False) for _ in range(c.calib_batches)]
-                ranges = calibrate_student(ctx, batches, c.calibration, learn_weight_scales=c.learn_weight_scales,
-                                           learn_act_scales=c.learn_act_scales)
+                    batches = [images(False)[0] for _ in range(c.calib_batches)]
+                ranges = calibrate_student(ctx, batches, s.calibration, learn_weight_scales=s.learn_weight_scales,
+                                           learn_act_scales=s.learn_act_scales)
                 ctx.log["initial_ranges"] = {k: list(v) for k, v in ranges.items()}
             ctx.log["curves"] = game.run_with_progress(
-                ctx.progress, f"ZAQ: {c.rounds} rounds of {c.q_steps} Q steps + 1 G step", c.rounds)
-        finally:
-            t_taps.remove()
-            s_taps.remove()
-            set_learned_scales(qmodel, weights=False, acts=False)
-            for p in qmodel.parameters():
-                p.grad = None
+                ctx.progress, f"ZAQ: {c.rounds} rounds of {c.q_steps} Q steps + 1 G step")
         game.checkpointer.clear()
         return qmodel.eval()
