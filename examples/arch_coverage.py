@@ -52,20 +52,19 @@ def eval_sets(n: int, tmp: Path) -> tuple[Path, Path]:
     return cls, seg
 
 
-def row(arch: str, method: str, bits: int, r: dict) -> dict:
-    ops = r.get("integer_ops") or {}
-    on = (r.get("parity") or {}).get("on") or {}
-    lat = r.get("latency_ms") or {}
-    q = r.get("quantize") or {}
-    floats = {**q.get("float_ops", {}), **q.get("unknown_ops", {})}
+def row(arch: str, method: str, bits: int, r) -> dict:
+    """The table row of one :class:`~toolchain.reports.RunReport`."""
+    ops, lat, q = r.verify.integer_ops, r.verify.latency_ms, r.quantize
+    on = r.parity.on if r.parity else None
+    floats = {**q.float_ops, **q.unknown_ops}
     return {"arch": arch, "method": method, "bits": bits,
             "float_ops": ", ".join(f"{k} ×{v}" for k, v in sorted(floats.items(), key=lambda kv: -kv[1])) or "—",
-            "unknown_ops": q.get("unknown_ops", {}),
-            "conv_integer": ops.get("conv_integer"), "conv_total": ops.get("conv_total"),
-            "float_nodes": [n["name"] for n in ops.get("float_nodes", []) if n.get("op_type") in ("Conv", "Gemm")],
-            "agreement": on.get("agreement_top1"), "identical": on.get("identical"),
-            "max_diff_lsb": on.get("max_diff_lsb"),
-            "qdq_ms": (lat.get("quantized") or {}).get("p50"), "fp32_ms": (lat.get("fp32") or {}).get("p50")}
+            "unknown_ops": q.unknown_ops,
+            "conv_integer": ops.conv_integer, "conv_total": ops.conv_total,
+            "float_nodes": [n.name for n in ops.float_nodes if n.op_type in ("Conv", "Gemm")],
+            "agreement": on and on.agreement_top1, "identical": on and on.identical,
+            "max_diff_lsb": on and on.max_diff_lsb,
+            "qdq_ms": lat.quantized and lat.quantized.p50, "fp32_ms": lat.fp32 and lat.fp32.p50}
 
 
 def main() -> None:
@@ -85,8 +84,8 @@ def main() -> None:
         archives = [p for p in archives if p.stem in a.only]
 
     from toolchain.artifacts import Store
-    from toolchain.errors import ZqError
-    from toolchain.methods.recipes import parse_overrides
+    from toolchain.core.errors import ZqError
+    from toolchain.methods.config import parse_overrides
     from toolchain.pipeline import run
     from toolchain.quant.scheme import QuantScheme
 

@@ -72,7 +72,7 @@ time {
     run $ZQ compare "$S/models/mobilenet_v2-b0353104.pth" --arch mobilenet_v2 --data "$S/data/imagenet_val1300" \
         --methods "$MNV2_METHODS" --bits "$MNV2_BITS" \
         --set bnstat.num_images=32 --set bnstat.batch_size=32 --set bnstat.iterations=50 \
-        --set gznq.num_images=32 --set gznq.batch_size=32 --set gznq.iterations=50 \
+        --set gznq.num_images=32 --set gznq.synthesis.batch_size=32 --set gznq.iterations=50 \
         "${COMMON[@]}" "${EXTRA[@]}" --out "$OUT/mobilenet_v2"
   fi
 }

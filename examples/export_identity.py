@@ -30,7 +30,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
 R20 = SHARED / "models" / "resnet20-12fca82f.th"
-TINY_GZNQ = ["num_images=20", "batch_size=10", "iterations=5", "ft_steps=4", "ft_batch_size=8"]
+TINY_GZNQ = ["num_images=20", "synthesis.batch_size=10", "iterations=5", "ft_steps=4", "student.batch_size=8"]
 TINY_LRQ = ["rounds=3", "warmup_rounds=2", "batch_size=8", "nz=16", "ngf=8", "calib_batches=1"]
 TINY_ZAQ = ["rounds=3", "batch_size=8", "calib_batches=1"]
 

@@ -85,12 +85,12 @@ def main() -> None:
             models.append((f"quantize_static {variant} ({a.calib} noise inputs)", out))
         for label, path in models:
             r = verify(path, a.data, fp_path=fp32, threads=a.threads, latency_runs=a.latency_runs)
-            lat = r["latency_ms"]
-            rows.append({"model": label, "fp32_top1": r["fp32"]["top1"], "top1": r["quantized"]["top1"],
-                         "agreement": r["agreement_top1"], "p50_ms": lat["quantized"]["p50"],
-                         "fp32_p50_ms": lat["fp32"]["p50"], "integer_convs": f"{r['integer_ops']['conv_integer']}/"
-                         f"{r['integer_ops']['conv_total']}", "saturation_risk_layers": len(r["saturation"]["layers"] or []),
-                         "n": r["n_images"], "cpu": r["machine"]["model"], "flags": r["machine"]["flags"]})
+            lat = r.latency_ms
+            rows.append({"model": label, "fp32_top1": r.fp32.top1, "top1": r.quantized.top1,
+                         "agreement": r.agreement_top1, "p50_ms": lat.quantized.p50,
+                         "fp32_p50_ms": lat.fp32.p50, "integer_convs": f"{r.integer_ops.conv_integer}/"
+                         f"{r.integer_ops.conv_total}", "saturation_risk_layers": len(r.saturation.layers or ()),
+                         "n": r.n_images, "cpu": r.machine.model, "flags": list(r.machine.flags)})
     print(f"| model | top-1 (FP32 {rows[0]['fp32_top1']:.2f}) | agree % | p50 ms ({a.threads} thr; FP32) | "
           "integer convs | layers that can saturate on AVX2 |")
     print("|---|---|---|---|---|---|")

@@ -6,7 +6,7 @@
 
 Rows of a compare.json keep their order; run reports of the same model/method/scheme at several
 thread counts are merged into one row (latency per thread count). The formatting lives in
-toolchain/compare.py (the same table `zqtool compare` writes to compare.md).
+toolchain/compare/render.py (the same table `zqtool compare` writes to compare.md).
 """
 
 from __future__ import annotations

@@ -45,7 +45,7 @@ def main() -> None:
     ap.add_argument("--store", default="runs")
     a = ap.parse_args()
     from toolchain.artifacts import Store
-    from toolchain.methods.recipes import parse_overrides
+    from toolchain.methods.config import parse_overrides
     from toolchain.pipeline import run
     from toolchain.quant.scheme import QuantScheme
     from toolchain.targets import TARGETS, Target, register_target
@@ -59,10 +59,10 @@ def main() -> None:
     for target in ("portable", "portable-act7", "portable-dw7", "x86-vnni"):
         r = run(a.model, a.data, load_options={"arch": a.arch}, method=a.method, scheme=QuantScheme(target=target),
                 overrides=parse_overrides(a.set), limit=a.limit, latency_runs=0, store=Store(a.store))
-        p = r["parity"]["on"]
-        print(f"| {target} | {r['fp32']['top1']:.2f} | {r['quantized']['top1']:.2f} ± {r['top1_stderr']:.2f} | "
-              f"{r['top1_drop']:.2f} | {r['agreement_top1']:.2f} | {p['agreement_top1']:.2f}%, "
-              f"{p['max_diff_lsb']:.0f} LSB, {p['identical']:.1f}% identical |", flush=True)
+        p, v = r.parity.on, r.verify
+        print(f"| {target} | {v.fp32.top1:.2f} | {v.quantized.top1:.2f} ± {v.top1_stderr:.2f} | "
+              f"{v.top1_drop:.2f} | {v.agreement_top1:.2f} | {p.agreement_top1:.2f}%, "
+              f"{p.max_diff_lsb:.0f} LSB, {p.identical:.1f}% identical |", flush=True)
 
 
 if __name__ == "__main__":

@@ -45,13 +45,18 @@ grep "recipe" "$W/quantize.log"
 import json, sys, tomllib
 from importlib import resources
 q = json.load(open(f"{sys.argv[1]}/quant.json"))
-recipe = tomllib.loads((resources.files("toolchain.recipes") / "bnstat.toml").read_text())["cpu"]
+def flat(d, prefix=""):  # {"synthesis": {"iterations": 3}} -> {"synthesis.iterations": 3}
+    out = {}
+    for k, v in d.items():
+        out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+recipe = flat(tomllib.loads((resources.files("toolchain.recipes") / "bnstat.toml").read_text())["cpu"])
 assert q["recipe"]["budget"] == "cpu" and q["recipe"]["file"].endswith("site-packages/toolchain/recipes/bnstat.toml"), q["recipe"]
-cfg = q["method_config"]
+cfg = flat(q["method_config"])
 for k, v in recipe.items():
-    if k != "iterations":  # set on the command line (--set iterations=3); every other value is the recipe's
+    if k != "synthesis.iterations":  # set on the command line (--set iterations=3); every other value is the recipe's
         assert cfg[k] == v, (k, cfg[k], v)
-assert cfg["iterations"] == 3 and recipe["iterations"] != 3
+assert cfg["synthesis.iterations"] == 3 and recipe["synthesis.iterations"] != 3
 print("cpu recipe applied:", {k: cfg[k] for k in recipe})
 EOF
 echo "== wheel: a device bundle's verifier runs from the installed package, outside any checkout"

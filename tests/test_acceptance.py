@@ -25,20 +25,21 @@ def run_small(tmp_path, model, data, arch, method, bits, limit, overrides=None):
 
 
 def assert_all_convs_integer(report):
-    ops = report["integer_ops"]
-    assert ops["conv_total"] > 0
-    assert ops["conv_integer"] == ops["conv_total"], ops.get("float_nodes")
+    ops = report.verify.integer_ops
+    assert ops.conv_total > 0
+    assert ops.conv_integer == ops.conv_total, ops.float_nodes
 
 
 def test_resnet20_bnstat_w8_is_near_fp32_and_fully_integer(tmp_path):
     need(RESNET20, CIFAR10_NPZ)
     r = run_small(tmp_path, RESNET20, CIFAR10_NPZ, "resnet20", "bnstat", 8, 200, SMALL_BNSTAT)
-    assert r["n_images"] == 200
-    assert r["fp32"]["top1"] - r["quantized"]["top1"] <= 2.0
-    assert r["agreement_top1"] >= 97.0
+    v = r.verify
+    assert v.n_images == 200
+    assert v.fp32.top1 - v.quantized.top1 <= 2.0
+    assert v.agreement_top1 >= 97.0
     assert_all_convs_integer(r)
-    assert r["integer_ops"]["conv_total"] == 20  # 19 convs + the linear layer
-    assert r["parity"]["off"]["agreement_top1"] >= 99.0
+    assert v.integer_ops.conv_total == 20  # 19 convs + the linear layer
+    assert r.parity.off.agreement_top1 >= 99.0
 
 
 @pytest.mark.parametrize("method,bits", [("bnstat", 4), ("minmax", 8), ("minmax", 4)])
@@ -46,16 +47,16 @@ def test_resnet20_baselines_run_through_ort(tmp_path, method, bits):
     need(RESNET20, CIFAR10_NPZ)
     r = run_small(tmp_path, RESNET20, CIFAR10_NPZ, "resnet20", method, bits, 100,
                   SMALL_BNSTAT if method == "bnstat" else None)
-    assert r["quantized"]["top1"] > 40.0  # far above chance (10%)
+    assert r.verify.quantized.top1 > 40.0  # far above chance (10%)
     assert_all_convs_integer(r)
-    assert r["parity"]["on"]["agreement_top1"] >= 90.0
+    assert r.parity.on.agreement_top1 >= 90.0
 
 
 def test_mobilenet_v2_w8_is_fully_integer_and_close_to_fp32(tmp_path):
     need(MOBILENET_V2, IMAGENET_DIR / "labels.csv")
     r = run_small(tmp_path, MOBILENET_V2, IMAGENET_DIR, "mobilenet_v2", "bnstat", 8, 48,
                   {"iterations": "2", "num_images": "8", "batch_size": "8"})
-    assert r["n_images"] == 48
+    assert r.verify.n_images == 48
     assert_all_convs_integer(r)
-    assert r["integer_ops"]["conv_total"] == 53  # 52 convs + the classifier
-    assert r["agreement_top1"] >= 80.0
+    assert r.verify.integer_ops.conv_total == 53  # 52 convs + the classifier
+    assert r.verify.agreement_top1 >= 80.0

@@ -67,7 +67,7 @@ def test_archive_exports_integer_and_matches_exact_simulation(loaded, tmp_path, 
     ops = inspect_integer_ops(path)
     assert ops["conv_integer"] >= ops["conv_total"] > 0, ops
     torch.manual_seed(0)
-    on = check_parity(qm, path, torch.randn(4, *lm.meta.input_shape))["on"]
+    on = check_parity(qm, path, torch.randn(4, *lm.meta.input_shape)).to_dict()["on"]
     assert on["agreement_top1"] >= 99.0, on
     if IS_X86:
         assert on["max_diff_lsb"] <= 1.0, on

@@ -22,9 +22,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from helpers import calibrate_minmax, random_bn
-from toolchain.errors import UnsupportedModelError
+from toolchain.core.errors import UnsupportedModelError
 from toolchain.export import check_parity, write_qdq
-from toolchain.models.meta import ModelMeta
+from toolchain.core.meta import ModelMeta
 from toolchain.quant.bn_ranges import set_ranges_from_bn
 from toolchain.quant.rewrite import quantize_graph
 from toolchain.quant.scheme import QuantScheme
@@ -164,7 +164,7 @@ def test_family_exports_integer_and_matches_exact_simulation(tmp_path, family, b
     ops = inspect_integer_ops(path)
     assert ops["conv_total"] > 0 and ops["conv_integer"] >= ops["conv_total"], ops  # every Conv/Gemm integer
     torch.manual_seed(2)
-    res = check_parity(qm, path, torch.randn(16, *SHAPE))
+    res = check_parity(qm, path, torch.randn(16, *SHAPE)).to_dict()
     on = res["on"]
     if IS_X86:
         assert on["identical"] == 100.0 and on["max_diff_lsb"] == 0.0, on

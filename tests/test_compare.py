@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 
 from toolchain.artifacts import Store
 from toolchain.cli import app
-from toolchain.compare import compare, load_rows, markdown_table, split_overrides, write_plot
-from toolchain.errors import ConfigError, UnsupportedModelError
+from toolchain.compare import CompareRow, compare, load_rows, markdown_table, split_overrides, write_plot
+from toolchain.core.errors import ConfigError, UnsupportedModelError
 from toolchain.methods.bnstat import BNStat
 from toolchain.methods.minmax import MinMax
 from toolchain.quant.scheme import QuantScheme
@@ -87,6 +87,9 @@ def test_compare_two_methods_two_bits(files, tmp_path):
         assert f"| {row['method']} | W{row['wbits']}A{row['abits']} (8) |" in line
         assert f"{row['top1']:.2f} ± {row['top1_stderr']:.2f}" in line
     assert markdown_table(load_rows([out / "compare.json"])) in md  # examples/results_table.py's table
+    assert [r.to_dict() for r in load_rows([out / "compare.json"])] == rows  # the rows read back
+    by_reports = load_rows(sorted((out / "reports").glob("*.json")))  # rows rebuilt from the run reports
+    assert {(r.method, r.wbits): r.top1 for r in by_reports} == {(r["method"], r["wbits"]): r["top1"] for r in rows}
     png = out / "compare.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and result["plot"] == str(png)
 
@@ -103,6 +106,9 @@ def test_interrupted_compare_resumes_without_recomputing(files, tmp_path, monkey
     partial = json.loads((out / "compare.json").read_text())
     assert not partial["complete"]
     assert [r["status"] for r in partial["rows"]] == ["ok", "pending", "pending", "pending"]
+    pending = partial["rows"][1]  # a pending row carries no measurement keys
+    assert pending == {"model": "tinynet", "method": "minmax", "wbits": 4, "abits": 4, "first_last_bits": 8,
+                       "status": "pending", "error": None}
     assert "in progress: 1 of 4 pairs done" in (out / "compare.md").read_text()
     before = {p: p.stat().st_mtime_ns for p in store.root.rglob("*") if p.is_file()}
     first = partial["rows"][0]["artifacts"]
@@ -112,7 +118,7 @@ def test_interrupted_compare_resumes_without_recomputing(files, tmp_path, monkey
     result = compare(model, data, **kw)
     assert minmax_calls == [4] and bnstat_calls == [8, 4]  # the finished pair's method did not run again
     assert {p: p.stat().st_mtime_ns for p in before} == before  # nothing that existed was rewritten
-    assert result["rows"][0]["artifacts"] == first and result["rows"][0]["top1"] == partial["rows"][0]["top1"]
+    assert result.rows[0].artifacts.to_dict() == first and result.rows[0].top1 == partial["rows"][0]["top1"]
     final = json.loads((out / "compare.json").read_text())
     assert final["complete"] and [r["status"] for r in final["rows"]] == ["ok"] * 4
     assert len([ln for ln in (out / "compare.md").read_text().splitlines() if ln.startswith("| tinynet |")]) == 4
@@ -131,6 +137,8 @@ def test_a_failing_pair_is_a_failed_row_and_the_rest_still_run(files, tmp_path, 
     rows = json.loads((out / "compare.json").read_text())["rows"]
     assert [r["status"] for r in rows] == ["failed", "ok"]
     assert rows[0]["error"] == "minmax cannot do this here" and rows[0]["error_type"] == "UnsupportedModelError"
+    assert "top1" not in rows[0] and rows[0]["pair_wall_s"] >= 0  # a failed row has no measurements
+    assert CompareRow.from_dict(rows[0]).to_dict() == rows[0]
     assert "| failed: minmax cannot do this here |" in (out / "compare.md").read_text()
     assert not (out / "compare.png").exists()
 
@@ -169,8 +177,12 @@ def test_set_routes_settings_to_methods():
 def test_plot_without_matplotlib_is_skipped_with_a_hint(tmp_path, monkeypatch):
     for name in ("matplotlib", "matplotlib.figure", "matplotlib.backends.backend_agg"):
         monkeypatch.setitem(sys.modules, name, None)
-    result = {"rows": [{"status": "ok", "method": "minmax", "wbits": 8, "top1": 90.0, "top1_stderr": 1.0,
-                        "fp32_top1": 91.0, "n_images": 10}],
-              "settings": {"first_last_bits": 8}, "model_name": "m"}
-    warning = write_plot(result, tmp_path / "compare.png")
+    rows = [CompareRow(model="m", method="minmax", wbits=8, abits=8, first_last_bits=8, status="ok", top1=90.0,
+                       top1_stderr=1.0, fp32_top1=91.0, n_images=10)]
+    warning = write_plot(rows, tmp_path / "compare.png", model_name="m", first_last_bits=8)
     assert "pip install zqtool[plot]" in warning and not (tmp_path / "compare.png").exists()
+
+
+def test_row_status_is_checked():
+    with pytest.raises(ValueError, match="status must be one of ok, failed, pending"):
+        CompareRow(model="m", method="minmax", wbits=8, abits=8, first_last_bits=8, status="done")

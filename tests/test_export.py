@@ -26,11 +26,11 @@ from onnx import TensorProto, numpy_helper
 from torch import nn
 
 from helpers import calibrate_minmax, random_bn
-from toolchain.errors import UnsupportedModelError
+from toolchain.core.errors import UnsupportedModelError
 from toolchain.export import SimplifyWarning, check_parity, write_fp32, write_qdq
 from toolchain.export.parity import ort_session
 from toolchain.verify.machine import probe_int16_pair_saturation, saturation_risks
-from toolchain.models.meta import ModelMeta
+from toolchain.core.meta import ModelMeta
 from toolchain.quant.layers import QuantConv2d, QuantLinear
 from toolchain.quant.rewrite import quantize_graph
 from toolchain.quant.scheme import QuantScheme
@@ -266,7 +266,7 @@ def test_metadata_round_trip(exported):
 @pytest.mark.parametrize("kind,bits", [("resnet", 8), ("resnet", 4), ("resnet", 3), ("sink", 4)])
 def test_parity_with_onnxruntime(exported, inputs, kind, bits):
     qm, path = exported(kind, bits)
-    res = check_parity(qm, path, inputs)
+    res = check_parity(qm, path, inputs).to_dict()
     off, on = res["off"], res["on"]
     assert off["n"] == on["n"] == len(inputs)
     # optimizations off: QDQ run in float = the fake-quant simulation
@@ -328,7 +328,7 @@ def test_full_range_target_keeps_8bit_codes_and_is_flagged(exported, inputs):
     dense = [p for p, layer in portable_qm.layers().items() if not (layer.weight.shape[1] == 1 and getattr(layer, "groups", 1) > 1)]
     assert dense and max(int(np.abs(w[f"{p}.weight"].astype(np.int32)).max()) for p in dense) == 63
     if probe_int16_pair_saturation() is False:  # this CPU is exact for full ranges: bit-identical too
-        on = check_parity(qm, path, inputs, optimization="on")["on"]
+        on = check_parity(qm, path, inputs, optimization="on").to_dict()["on"]
         assert on["agreement_top1"] == 100.0 and (not IS_X86 or on["identical"] == 100.0)
 
 
@@ -386,7 +386,7 @@ def test_int4_format(exported, inputs, kind, bits):
             assert w.data_type == (TensorProto.INT4 if bits_w <= 4 else TensorProto.INT8)
     assert any(t.data_type == TensorProto.INT4 for t in model.graph.initializer)
     assert any(t.data_type == TensorProto.UINT4 for t in model.graph.initializer)  # activation zero points
-    res = check_parity(qm, path, inputs)
+    res = check_parity(qm, path, inputs).to_dict()
     assert res["off"]["max_diff_lsb"] < 1.0 and res["off"]["agreement_top1"] == 100.0
     assert res["on"]["max_diff_lsb"] <= ON_TOLERANCE_LSB
 
@@ -395,7 +395,7 @@ def test_int4_format(exported, inputs, kind, bits):
 def test_misc_ops_run_on_onnxruntime(exported, inputs, fmt):
     qm, path = exported("misc", 4, fmt)
     with qm.float_mode() if fmt == "fp32" else torch.no_grad():
-        res = check_parity(qm, path, inputs)
+        res = check_parity(qm, path, inputs).to_dict()
     for lv in ("off", "on"):  # log-probabilities, not quantized: float tolerance
         assert res[lv]["agreement_top1"] == 100.0 and res[lv]["max_abs_diff"] < 1e-4
         assert res[lv]["max_diff_lsb"] < 0.01  # in steps of an 8-bit grid over the output range
@@ -430,14 +430,14 @@ def test_simplify_failure_keeps_unsimplified_model(exported, inputs, tmp_path, m
         path = write_qdq(qm, META, tmp_path / "m.onnx")
     props = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
     assert "zqtool.simplify_warning" in props
-    assert check_parity(qm, path, inputs[:8], optimization="off")["off"]["max_diff_lsb"] < 1.0
+    assert check_parity(qm, path, inputs[:8], optimization="off").off.max_diff_lsb < 1.0
 
 
 def test_qdq_at_opset_21(exported, inputs, tmp_path):
     qm, _ = exported("sink", 4)
     path = write_qdq(qm, META, tmp_path / "m21.onnx", opset=21)
     assert onnx.load(str(path)).opset_import[0].version == 21
-    assert check_parity(qm, path, inputs[:16], optimization="off")["off"]["max_diff_lsb"] < 1.0
+    assert check_parity(qm, path, inputs[:16], optimization="off").off.max_diff_lsb < 1.0
 
 
 def test_parity_names_the_first_tensor_that_differs(exported, inputs, tmp_path):
@@ -453,9 +453,9 @@ def test_parity_names_the_first_tensor_that_differs(exported, inputs, tmp_path):
     bias.CopyFrom(numpy_helper.from_array(arr, bias.name))
     tampered = tmp_path / "tampered.qdq.onnx"
     onnx.save(m, str(tampered))
-    on = check_parity(qm, tampered, inputs, optimization="on")["on"]
+    on = check_parity(qm, tampered, inputs, optimization="on").to_dict()["on"]
     assert on["identical"] < 100.0
     first = on["first_difference"]
     assert first["ort_op"] == "QLinearConv" and first["differing"] > 0
     assert first["quantizer"].replace("act_quant.", "") == target.replace(".", "_")
-    assert "first_difference" not in check_parity(qm, path, inputs, optimization="on")["on"]
+    assert "first_difference" not in check_parity(qm, path, inputs, optimization="on").to_dict()["on"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from toolchain.errors import ConfigError
+from toolchain.core.errors import ConfigError
 from toolchain.quant.scheme import QuantScheme
 from toolchain.targets import TARGETS, Target, is_depthwise, pair_sum_safe, safe_weight_bits
 from toolchain.verify.machine import (CpuInfo, SaturationRisk, cpu_info, probe_int16_pair_saturation,

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
 import torch
 
 from toolchain.artifacts import Store
-from toolchain.errors import ConfigError, InputFileError
+from toolchain.core.errors import ConfigError, InputFileError
 from toolchain.pipeline import QArtifact, export_stage, load_stage, quantize_stage, run
 from toolchain.quant.scheme import QuantScheme
+from toolchain.reports import RunReport
 
 from helpers import FAST_BNSTAT, tiny_npz, tiny_state_dict_file
 
@@ -30,18 +32,26 @@ def test_run_end_to_end_and_rerun_does_no_work(files, tmp_path):
     store = Store(tmp_path / "runs")
     kw = dict(load_options={"arch": "tinynet"}, method="bnstat", scheme=QuantScheme.from_bits(8),
               overrides=FAST_BNSTAT, latency_runs=3, parity_images=16, store=store)
-    r1 = run(model, data, **kw)
-    assert r1["n_images"] == 40
-    assert r1["integer_ops"]["conv_integer"] == r1["integer_ops"]["conv_total"] > 0
-    assert r1["parity"]["off"]["max_diff_lsb"] < 1.0  # same int32 accumulators
-    assert set(r1["artifacts"]) >= {"fp", "q", "onnx", "qdq", "fp32"}
+    stages = []
+    r1 = run(model, data, on_stage=lambda name, result, cached, s: stages.append((name, cached)), **kw)
+    assert r1.verify.n_images == 40
+    assert r1.verify.integer_ops.conv_integer == r1.verify.integer_ops.conv_total > 0
+    assert r1.parity.off.max_diff_lsb < 1.0  # same int32 accumulators
+    assert set(r1.to_dict()["artifacts"]) >= {"fp", "q", "onnx", "qdq", "fp32"}
     for stage in ("fp", "q", "onnx", "verify", "synth"):
         assert len(stage_dirs(store, stage)) == 1, stage
     mtimes = {p: p.stat().st_mtime_ns for p in store.root.rglob("*") if p.is_file()}
-    r2 = run(model, data, **kw)
-    assert r1["quantize"]["cached"] is False and r2["quantize"]["cached"] is True
-    assert r2 == {**r1, "quantize": {**r1["quantize"], "cached": True}}  # served from the cache
+    r2 = run(model, data, on_stage=lambda name, result, cached, s: stages.append((name, cached)), **kw)
+    names = ["load", "quantize", "export", "verify", "parity"]
+    assert stages == [(n, False) for n in names] + [(n, True) for n in names]  # every stage says if it was cached
+    assert r1.quantize.cached is False and r2.quantize.cached is True
+    # served from the cache: the stored report.json / parity.json read back equal what was computed
+    assert r2 == dataclasses.replace(r1, quantize=dataclasses.replace(r1.quantize, cached=True))
     assert {p: p.stat().st_mtime_ns for p in store.root.rglob("*") if p.is_file()} == mtimes
+    d = r1.to_dict()
+    assert list(d)[-3:] == ["quantize", "parity", "artifacts"] and RunReport.from_dict(d) == r1
+    stored = json.loads(next((store.root / "verify").glob("*/report.json")).read_text())
+    assert stored == {k: v for k, v in d.items() if k not in ("quantize", "parity", "artifacts")}
 
 
 def test_changing_only_data_reruns_only_verify(files, tmp_path):

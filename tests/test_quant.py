@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from toolchain.errors import ConfigError, UnsupportedModelError
+from toolchain.core.errors import ConfigError, UnsupportedModelError
 from toolchain.quant.calibrate import calibrate, set_input_range
 from toolchain.quant.fake_quant import fake_quantize, quantize
 from toolchain.quant.fold import fold_bn

@@ -27,8 +27,9 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from toolchain.data import NpzEvalSet
-from toolchain.errors import ConfigError, DataError, InputFileError
-from toolchain.verify import inspect_integer_ops, render_report, report_text, verify
+from toolchain.core.errors import ConfigError, DataError, InputFileError
+from toolchain.verify import VerifyReport, inspect_integer_ops, render_report, report_text, verify
+from toolchain.verify.results import Accuracy, Sizes
 from toolchain.verify.model_card import model_meta_module
 from toolchain.verify.session import Classifier
 
@@ -184,26 +185,26 @@ def test_hand_computed_accuracy_and_agreement(models, data):
     # "quantized" slot: the 1<->2 swapped classifier; reference: the identity one
     r = verify(models["swap"], data, fp_path=models["fp"], latency_runs=3, warmup=1)
     assert expected_top1(IDENTITY) == 70.0 and expected_top1(SWAP12) == 30.0
-    assert r["n_images"] == 10
-    assert r["fp32"] == {"top1": 70.0, "top5": 90.0}  # label 5 (image 5) is never in the top-5
-    assert r["quantized"] == {"top1": 30.0, "top5": 90.0}
-    assert r["agreement_top1"] == 40.0  # same class only where channel 0 dominates: images 0, 3, 6, 9
-    assert r["top1_drop"] == pytest.approx(40.0)
-    assert r["top1_stderr"] == pytest.approx(100 * math.sqrt(0.3 * 0.7 / 10))
+    assert r.n_images == 10
+    assert r.fp32 == Accuracy(top1=70.0, top5=90.0)  # label 5 (image 5) is never in the top-5
+    assert r.quantized == Accuracy(top1=30.0, top5=90.0)
+    assert r.agreement_top1 == 40.0  # same class only where channel 0 dominates: images 0, 3, 6, 9
+    assert r.top1_drop == pytest.approx(40.0)
+    assert r.top1_stderr == pytest.approx(100 * math.sqrt(0.3 * 0.7 / 10))
 
 
 def test_qdq_model_fuses_to_integer_kernels_and_agrees(models, data):
     r = verify(models["qdq"], data, latency_runs=5, warmup=1)  # finds model.fp32.onnx beside it
-    assert r["files"]["fp32"] == str(models["fp"])
-    assert r["quantized"] == {"top1": 70.0, "top5": 90.0}
-    assert r["fp32"] == {"top1": 70.0, "top5": 90.0}
-    assert r["agreement_top1"] == 100.0
-    ops = r["integer_ops"]
-    assert ops["conv_total"] == 2 and ops["conv_integer"] == 2, ops
-    assert ops["float_nodes"] == []
-    assert ops["optimized_op_counts"].get("QLinearConv") == 1 and ops["optimized_op_counts"].get("QGemm") == 1
-    assert ops["inspected_level"] == "ORT_ENABLE_ALL" and ops["method"] == "onnx"
-    assert r["bytes"] == {"fp32": models["fp"].stat().st_size, "quantized": models["qdq"].stat().st_size}
+    assert r.files.fp32 == str(models["fp"])
+    assert r.quantized == Accuracy(top1=70.0, top5=90.0)
+    assert r.fp32 == Accuracy(top1=70.0, top5=90.0)
+    assert r.agreement_top1 == 100.0
+    ops = r.integer_ops
+    assert ops.conv_total == 2 and ops.conv_integer == 2, ops
+    assert ops.float_nodes == ()
+    assert ops.optimized_op_counts.get("QLinearConv") == 1 and ops.optimized_op_counts.get("QGemm") == 1
+    assert ops.inspected_level == "ORT_ENABLE_ALL" and ops.method == "onnx" and ops.fallback_reason is None
+    assert r.bytes == Sizes(fp32=models["fp"].stat().st_size, quantized=models["qdq"].stat().st_size)
 
 
 def test_float_model_has_no_integer_kernels(models):
@@ -236,11 +237,17 @@ def test_inspection_falls_back_to_extended(models, data, monkeypatch):
     assert ops["inspected_level"] == "ORT_ENABLE_EXTENDED" and ops["conv_integer"] == 2
     assert "layout-transformed" in ops["fallback_reason"]
     r = verify(models["qdq"], data, latency_runs=0)
-    assert any("ORT_ENABLE_EXTENDED" in n for n in r["notes"])
+    assert any("ORT_ENABLE_EXTENDED" in n for n in r.notes)
+    assert r.integer_ops.fallback_reason == ops["fallback_reason"]
+    assert r.to_dict()["integer_ops"] == ops  # the key only reports that fell back have
 
 
 def test_report_keys_json_and_units(models, data, tmp_path):
-    r = verify(models["qdq"], data, fp_path=models["fp"], threads=2, latency_runs=7, warmup=2)
+    report = verify(models["qdq"], data, fp_path=models["fp"], threads=2, latency_runs=7, warmup=2)
+    r = report.to_dict()
+    assert "fallback_reason" not in r["integer_ops"] and "segmentation" not in r
+    assert VerifyReport.from_dict(json.loads(json.dumps(r))) == report  # report.json reads back
+    assert VerifyReport.from_dict(r).to_dict() == r
     for key in REQUIRED_KEYS:
         lookup(r, key)
     json.loads(json.dumps(r))  # plain JSON types only
@@ -258,10 +265,11 @@ def test_report_keys_json_and_units(models, data, tmp_path):
 def test_without_fp32_reference(tmp_path, data):
     q = save(qdq_model(), tmp_path / "alone.qdq.onnx")
     r = verify(q, data, latency_runs=2, warmup=0)
-    assert r["fp32"] == {"top1": None, "top5": None}
-    assert r["agreement_top1"] is None and r["top1_drop"] is None
-    assert r["latency_ms"]["fp32"] is None and r["bytes"]["fp32"] is None and r["files"]["fp32"] is None
-    assert any("agreement not computed" in n for n in r["notes"])
+    assert r.fp32 == Accuracy(top1=None, top5=None)
+    assert r.agreement_top1 is None and r.top1_drop is None
+    assert r.latency_ms.fp32 is None and r.bytes.fp32 is None and r.files.fp32 is None
+    assert any("agreement not computed" in n for n in r.notes)
+    assert r.to_dict()["fp32"] == {"top1": None, "top5": None}
     text = report_text(r)
     assert "FP32" in text and "—" in text and "agreement not computed" in text
 
@@ -269,19 +277,19 @@ def test_without_fp32_reference(tmp_path, data):
 def test_static_batch_one_and_batching_options(tmp_path, models, data):
     one = save(float_model(SWAP12, batch=1), tmp_path / "static1.onnx")
     r = verify(one, data, fp_path=models["fp"], batch_size=4, latency_runs=2, warmup=0)
-    assert r["quantized"]["top1"] == 30.0 and r["agreement_top1"] == 40.0
-    assert any("static batch of 1" in n for n in r["notes"])
+    assert r.quantized.top1 == 30.0 and r.agreement_top1 == 40.0
+    assert any("static batch of 1" in n for n in r.notes)
     r = verify(models["swap"], data, fp_path=models["fp"], batch_size=3, latency_runs=0)
-    assert r["quantized"]["top1"] == 30.0 and r["latency_ms"]["quantized"] is None
+    assert r.quantized.top1 == 30.0 and r.latency_ms.quantized is None
 
 
 def test_limit_eval_set_object_and_progress(models, data):
     calls = []
     r = verify(models["swap"], NpzEvalSet(data), fp_path=models["fp"], limit=4, batch_size=3,
                latency_runs=5, warmup=2, progress=lambda a, t, d: calls.append((a, t, d)))
-    assert r["n_images"] == 4
-    assert r["quantized"]["top1"] == 25.0  # images 0..3: swapped preds 0,2,1,0 vs labels 0,1,2,1
-    assert r["fp32"]["top1"] == 75.0 and r["agreement_top1"] == 50.0
+    assert r.n_images == 4
+    assert r.quantized.top1 == 25.0  # images 0..3: swapped preds 0,2,1,0 vs labels 0,1,2,1
+    assert r.fp32.top1 == 75.0 and r.agreement_top1 == 50.0
     by_desc = {}
     for a, t, d in calls:
         by_desc.setdefault(d, []).append((a, t))
@@ -389,7 +397,7 @@ def test_verify_runs_without_torch_onnx_or_rich(models, data):
         import toolchain.data, toolchain.verify
         from toolchain.verify import verify, render_report
         r = verify({str(models["qdq"])!r}, {str(data)!r}, latency_runs=3, warmup=1)
-        print(json.dumps({{"report": r, "modules": sorted(m for m in ("torch", "onnx", "rich", "typer")
+        print(json.dumps({{"report": r.to_dict(), "modules": sorted(m for m in ("torch", "onnx", "rich", "typer")
                                                      if m in sys.modules),
                           "render_is_text": isinstance(render_report(r), str),
                           "toolchain": toolchain.__file__}}))
@@ -407,8 +415,9 @@ def test_verify_runs_without_torch_onnx_or_rich(models, data):
 
 def test_device_runner_with_only_the_needed_files(tmp_path, models, data):
     dev = tmp_path / "device"
-    files = ["toolchain/__init__.py", "toolchain/errors.py", "toolchain/targets.py", "toolchain/models/meta.py"]
-    files += [str(p.relative_to(ROOT)) for d in ("data", "verify") for p in (ROOT / "toolchain" / d).glob("*.py")]
+    files = ["toolchain/__init__.py", "toolchain/targets.py"]
+    files += [str(p.relative_to(ROOT)) for d in ("core", "data", "verify")
+              for p in (ROOT / "toolchain" / d).glob("*.py")]
     for f in files:
         (dev / f).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(ROOT / f, dev / f)

@@ -25,9 +25,10 @@ from onnx import TensorProto, helper, numpy_helper
 
 from toolchain.data import NpzEvalSet, preprocess
 from toolchain.data.protocol import transform_masks
-from toolchain.errors import DataError, InputFileError
-from toolchain.verify import report_text, verify
+from toolchain.core.errors import DataError, InputFileError
+from toolchain.verify import VerifyReport, report_text, verify
 from toolchain.verify.model_card import model_meta_module
+from toolchain.verify.results import MaskScores
 from toolchain.verify.segmentation import (DenseTally, class_iou, confusion_matrix, mean_iou,
                                            pixel_accuracy)
 
@@ -95,9 +96,9 @@ def test_tally_sums_over_the_set_not_per_image():
     assert abs(t.miou_vs_fp32() - per_image) > 1e-6
     m = t.against_masks("fp32")
     valid = masks != 255
-    assert m["pixel_accuracy"] == pytest.approx(100 * np.mean(fp[valid] == masks[valid]))
-    assert m["miou"] == pytest.approx(set_miou(masks[valid], fp[valid], 4))
-    assert DenseTally(4).against_masks("fp32") == {"pixel_accuracy": None, "miou": None}
+    assert m.pixel_accuracy == pytest.approx(100 * np.mean(fp[valid] == masks[valid]))
+    assert m.miou == pytest.approx(set_miou(masks[valid], fp[valid], 4))
+    assert DenseTally(4).against_masks("fp32") == MaskScores(pixel_accuracy=None, miou=None)
 
 
 def set_miou(a, b, k):
@@ -210,7 +211,9 @@ def npz(path, **arrays):
 def test_images_only_agreement_and_miou_vs_fp32(seg):
     imgs = images()
     data = npz(seg["dir"] / "imgs.npz", images=imgs)
-    r = verify(seg["q"], data, latency_runs=3, warmup=1, batch_size=3)  # finds model.fp32.onnx
+    rep = verify(seg["q"], data, latency_runs=3, warmup=1, batch_size=3)  # finds model.fp32.onnx
+    r = rep.to_dict()
+    assert rep.segmentation.output_hw == (8, 8) and VerifyReport.from_dict(r) == rep
     x = preprocess(imgs, SEG_META)
     fp, q = ort_classes(seg["fp"], x), ort_classes(seg["q"], x)
     agree = 100 * np.mean(fp == q)
@@ -235,7 +238,7 @@ def test_images_only_agreement_and_miou_vs_fp32(seg):
     for m in ("fp32", "quantized"):  # batch-1 timing with the (1, K, H, W) output
         assert 0 < lat[m]["p50"] <= lat[m]["p90"] and lat[m]["runs"] == 3
     json.loads(json.dumps(r))
-    text = report_text(r)
+    text = report_text(rep)
     assert text.splitlines()[0].split()[:6] == ["model", "pixel", "acc", "%", "mIoU", "%"]
     assert f"{agree:.2f}" in text and f"{s['miou_vs_fp32']:.2f}" in text
     assert "no masks: quality measured against the FP32 model only" in text and "top-1 ±" not in text
@@ -245,7 +248,8 @@ def test_with_masks_pixel_accuracy_and_miou_for_both(seg):
     imgs, masks = images(), masks_for()
     labels = np.arange(N) % K  # per-image labels alongside are allowed (and unused) for segmentation
     data = npz(seg["dir"] / "masks.npz", images=imgs, masks=masks, labels=labels)
-    r = verify(seg["q"], data, fp_path=seg["fp"], latency_runs=0, batch_size=4)
+    rep = verify(seg["q"], data, fp_path=seg["fp"], latency_runs=0, batch_size=4)
+    r = rep.to_dict()
     x = preprocess(imgs, SEG_META)
     valid = masks != 255
     s = r["segmentation"]
@@ -256,25 +260,25 @@ def test_with_masks_pixel_accuracy_and_miou_for_both(seg):
         assert s[name]["miou"] == pytest.approx(set_miou(masks[valid], pred[valid], K)), name
     assert s["miou_drop"] == pytest.approx(s["fp32"]["miou"] - s["quantized"]["miou"])
     assert not any("no masks" in n for n in r["notes"])
-    text = report_text(r)
+    text = report_text(rep)
     assert f"{s['fp32']['pixel_accuracy']:.2f}" in text and f"{s['quantized']['miou']:.2f}" in text
     assert f"{s['labelled_pixels']} labelled pixels, 255 ignored" in text
     # the first `limit` images only; an EvalSet object works as well
     r4 = verify(seg["q"], NpzEvalSet(data, task="segmentation"), fp_path=seg["fp"], limit=4, latency_runs=0)
     fp4, q4 = ort_classes(seg["fp"], x[:4]), ort_classes(seg["q"], x[:4])
-    assert r4["n_images"] == 4 and r4["segmentation"]["pixel_agreement"] == pytest.approx(100 * np.mean(fp4 == q4))
+    assert r4.n_images == 4 and r4.segmentation.pixel_agreement == pytest.approx(100 * np.mean(fp4 == q4))
 
 
 def test_without_fp32_reference_only_masks(seg):
     q = seg_model(seg["dir"] / "alone.onnx", perturb=0.4)
     imgs, masks = images(), masks_for()
     r = verify(q, npz(seg["dir"] / "m.npz", images=imgs, masks=masks), latency_runs=0)
-    s = r["segmentation"]
-    assert s["pixel_agreement"] is None and s["miou_vs_fp32"] is None and s["class_iou_vs_fp32"] is None
-    assert r["agreement_top1"] is None and s["fp32"] == {"pixel_accuracy": None, "miou": None}
+    s = r.segmentation
+    assert s.pixel_agreement is None and s.miou_vs_fp32 is None and s.class_iou_vs_fp32 is None
+    assert r.agreement_top1 is None and s.fp32 == MaskScores(pixel_accuracy=None, miou=None)
     pred = ort_classes(q, preprocess(imgs, SEG_META))
     valid = masks != 255
-    assert s["quantized"]["pixel_accuracy"] == pytest.approx(100 * np.mean(pred[valid] == masks[valid]))
+    assert s.quantized.pixel_accuracy == pytest.approx(100 * np.mean(pred[valid] == masks[valid]))
     assert "—" in report_text(r)
 
 
@@ -282,19 +286,19 @@ def test_qdq_pixel_classifier_runs_integer_kernels(tmp_path):
     fp, q = pix_float(tmp_path / "model.fp32.onnx"), pix_qdq(tmp_path / "model.qdq.onnx")
     imgs = images(5, seed=3)
     r = verify(q, npz(tmp_path / "d.npz", images=imgs), latency_runs=2, warmup=0)
-    ops = r["integer_ops"]
-    assert ops["conv_total"] == 1 and ops["conv_integer"] == 1, ops
+    ops = r.integer_ops
+    assert ops.conv_total == 1 and ops.conv_integer == 1, ops
     x = preprocess(imgs, SEG_META)
     a, b = ort_classes(fp, x), ort_classes(q, x)
-    assert r["segmentation"]["pixel_agreement"] == pytest.approx(100 * np.mean(a == b))
-    assert r["segmentation"]["pixel_agreement"] > 80
+    assert r.segmentation.pixel_agreement == pytest.approx(100 * np.mean(a == b))
+    assert r.segmentation.pixel_agreement > 80
 
 
 def test_static_batch_one(seg):
     one = seg_model(seg["dir"] / "static1.onnx", perturb=0.4, batch=1)
     data = npz(seg["dir"] / "m.npz", images=images(), masks=masks_for())
-    a = verify(one, data, fp_path=seg["fp"], batch_size=3, latency_runs=2, warmup=0)
-    b = verify(seg["q"], data, fp_path=seg["fp"], batch_size=3, latency_runs=0)
+    a = verify(one, data, fp_path=seg["fp"], batch_size=3, latency_runs=2, warmup=0).to_dict()
+    b = verify(seg["q"], data, fp_path=seg["fp"], batch_size=3, latency_runs=0).to_dict()
     assert any("static batch of 1" in n for n in a["notes"])
     for k in ("pixel_agreement", "miou_vs_fp32", "pixels", "labelled_pixels"):
         assert a["segmentation"][k] == pytest.approx(b["segmentation"][k]), k
@@ -307,7 +311,7 @@ def test_output_smaller_than_masks(tmp_path):
     fp, q = seg_model(d / "model.fp32.onnx", upsample=False), seg_model(d / "model.qdq.onnx", perturb=0.4,
                                                                          upsample=False)
     imgs = images()
-    r = verify(q, npz(tmp_path / "i.npz", images=imgs), latency_runs=0)  # no masks: 4x4 maps compared
+    r = verify(q, npz(tmp_path / "i.npz", images=imgs), latency_runs=0).to_dict()  # no masks: 4x4 maps compared
     assert r["segmentation"]["output_hw"] == [4, 4] and r["segmentation"]["pixels"] == N * 16
     x = preprocess(imgs, SEG_META)
     assert r["segmentation"]["pixel_agreement"] == pytest.approx(100 * np.mean(ort_classes(fp, x) == ort_classes(q, x)))
@@ -449,10 +453,11 @@ def test_classification_report_keys_unchanged(tmp_path):
     onnx.save(model, path)
     imgs = images(4)
     labels = imgs.reshape(4, -1, 3).mean(1).argmax(1)
-    r = verify(path, npz(tmp_path / "c.npz", images=imgs, labels=labels), fp_path=path, latency_runs=1, warmup=0)
+    rep = verify(path, npz(tmp_path / "c.npz", images=imgs, labels=labels), fp_path=path, latency_runs=1, warmup=0)
+    r = rep.to_dict()
     assert set(r) == CLASSIFICATION_KEYS
     assert r["quantized"] == {"top1": 100.0, "top5": 100.0} and r["agreement_top1"] == 100.0
-    assert report_text(r).splitlines()[0].split()[:5] == ["model", "top-1", "%", "top-5", "%"]
+    assert report_text(rep).splitlines()[0].split()[:5] == ["model", "top-1", "%", "top-5", "%"]
     with pytest.raises(DataError, match="no 'labels'"):  # a classifier given images only
         verify(path, npz(tmp_path / "i.npz", images=imgs), latency_runs=0)
 
@@ -471,7 +476,7 @@ def test_segmentation_verify_runs_without_torch(seg):
         from toolchain.verify import verify, report_text
         r = verify({str(seg["q"])!r}, {str(data)!r}, latency_runs=2, warmup=0)
         report_text(r)
-        print(json.dumps(r["segmentation"]))
+        print(json.dumps(r.to_dict()["segmentation"]))
     """)
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONSTARTUP")}
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,

@@ -19,7 +19,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from .errors import ConfigError, InputFileError, ZqError
+from .core.errors import ConfigError, InputFileError, ZqError
 from .targets import DEFAULT_TARGET, TARGETS
 
 app = typer.Typer(
@@ -158,7 +158,8 @@ def _load_options(arch, input_shape, mean, std, num_classes, trust_pickle) -> di
 
 def _quant_options(method, bits, wbits, abits, first_last_bits, budget, recipe, set_, seed, device,
                    target=DEFAULT_TARGET, strict: bool = False) -> dict:
-    from .methods.recipes import BUDGETS, parse_overrides
+    from .methods.config import parse_overrides
+    from .methods.recipes import BUDGETS
     from .quant.scheme import QuantScheme
     if budget not in BUDGETS and recipe is None:
         raise ConfigError(f"--budget must be one of {', '.join(BUDGETS)}, got {budget!r}")
@@ -187,7 +188,7 @@ def read_json_quiet(path: Path) -> dict:
 
 def _float_ops_note(qlog: dict) -> None:
     """One line naming the ops that run in float (and a warning for ops zqtool does not know)."""
-    from .quant.ops import format_counts
+    from .graph.ops import format_counts
     if qlog.get("float_ops"):
         console.print(f"in float between DequantizeLinear and QuantizeLinear: {format_counts(qlog['float_ops'])}",
                       highlight=False, soft_wrap=True, markup=False)
@@ -250,8 +251,9 @@ def synth(model: Path = ModelArg, method: str = typer.Option("gznq", "--method",
     """Build (or reuse) a method's synthetic calibration set — the one `quantize` reuses — and
     optionally show it as a per-class PNG grid. Prints the artifact directory."""
     from .artifacts import Store
-    from .methods.gznq import save_grid
-    from .methods.recipes import BUDGETS, parse_overrides
+    from .methods.config import parse_overrides
+    from .methods.images import save_grid
+    from .methods.recipes import BUDGETS
     from .pipeline import load_stage, synth_stage
     if budget not in BUDGETS and recipe is None:
         raise ConfigError(f"--budget must be one of {', '.join(BUDGETS)}, got {budget!r}")
@@ -349,14 +351,14 @@ def verify(onnx_model: Path = typer.Argument(..., help="The QDQ ONNX model (mode
            threads: int = ThreadsOpt, json_path: Optional[Path] = JsonOpt, limit: Optional[int] = LimitOpt,
            latency_runs: int = RunsOpt):
     """Stage 4: accuracy, agreement, latency, sizes and integer kernels on onnxruntime (no torch)."""
-    from .pipeline import _verify_progress
+    from .progress import advance_hook
     from .verify import render_report
     from .verify import verify as verify_fn
     with _progress() as progress:
         report = verify_fn(onnx_model, data, fp_path=fp, threads=threads, limit=limit, latency_runs=latency_runs,
-                           progress=_verify_progress(progress))
+                           progress=advance_hook(progress))
     out_console.print(render_report(report))
-    _write_json(json_path, report)
+    _write_json(json_path, report.to_dict())
 
 
 @app.command(epilog="Example: zqtool run model.pt2 --input-shape 3,224,224 --num-classes 1000 --data val/ --method bnstat --bits 8")
@@ -377,47 +379,59 @@ def run(model: Path = ModelArg, data: Path = DataOpt, method: MethodChoice = Met
     report = _run(run_fn, model, data, Store(out), method, bits, wbits, abits, first_last_bits, budget, recipe,
                   set_, seed, device, fmt, threads, limit, latency_runs, parity_images,
                   _load_options(arch, input_shape, mean, std, num_classes, trust_pickle), target, strict)
-    _write_json(json_path, report)
+    _write_json(json_path, report.to_dict())
 
 
 def _run(run_fn, model, data, store, method, bits, wbits, abits, fl, budget, recipe, set_, seed, device, fmt,
          threads, limit, latency_runs, parity_images, load_options, target=DEFAULT_TARGET,
-         strict: bool = False) -> dict:
+         strict: bool = False):
+    """Run the pipeline with progress and stage lines, print its report; returns the RunReport."""
     from .verify import render_report
-
-    def on_stage(name, result, cached, seconds):
-        where = getattr(result, "dir", None)
-        console.print(f"[green]✓[/] {name:<8} {seconds:7.1f} s  {'(cached) ' if cached else ''}{where or ''}",
-                      highlight=False)
 
     with _progress() as progress:
         report = run_fn(model, data, load_options=load_options, fmt=_v(fmt), threads=threads, limit=limit,
                         latency_runs=latency_runs, parity_images=parity_images, store=store, progress=progress,
-                        on_stage=on_stage,
+                        on_stage=_stage_line(""),
                         **_quant_options(method, bits, wbits, abits, fl, budget, recipe, set_, seed, device,
                                          target, strict))
-    out_console.print(render_report(report))
-    q = report["quantize"]
-    extra = f" (+{q['method_s'] - q['wall_s']:.1f} s to build reused cached artifacts)" if q.get("reused") else ""
-    rec = q.get("recipe") or {}
-    when = "cached: built earlier in" if q.get("cached") else "quantize wall time"
-    console.print(f"method {q['method']} ({q['budget']} budget, recipe {rec.get('file', '?')}), {when} "
-                  f"{q['wall_s']:.1f} s{extra} on {q['device']}", highlight=False, soft_wrap=True)
-    p = report.get("parity")
-    if p:
-        console.print("parity torch vs onnxruntime: " + _parity_line(p), highlight=False)
+    out_console.print(render_report(report.verify))
+    console.print(_quantize_line(report.quantize), highlight=False, soft_wrap=True)
+    if report.parity:
+        console.print("parity torch vs onnxruntime: " + _parity_line(report.parity), highlight=False)
     return report
 
 
-def _parity_line(p: dict) -> str:
+def _stage_line(indent: str):
+    """``on_stage`` for :func:`toolchain.pipeline.run`: one ✓ line per stage (seconds, cached, where)."""
+    def on_stage(name, result, cached, seconds):
+        where = getattr(result, "dir", None)
+        console.print(f"{indent}[green]✓[/] {name:<8} {seconds:7.1f} s  {'(cached) ' if cached else ''}{where or ''}",
+                      highlight=False)
+    return on_stage
+
+
+def _quantize_line(q) -> str:
+    """How the quantized model was made (a :class:`~toolchain.reports.QuantizeSection`), one line."""
+    extra = f" (+{q.method_s - q.wall_s:.1f} s to build reused cached artifacts)" if q.reused else ""
+    when = "cached: built earlier in" if q.cached else "quantize wall time"
+    recipe = "?" if q.recipe is None or q.recipe.file is None else q.recipe.file
+    return (f"method {q.method} ({q.budget} budget, recipe {recipe}), {when} "
+            f"{q.wall_s:.1f} s{extra} on {q.device}")
+
+
+_SIMULATION = {"exact": "integer-exact sim", "fakequant": "fake-quant sim"}
+
+
+def _parity_line(p) -> str:
+    """The ``off`` / ``on`` levels of a :class:`~toolchain.reports.ParityResult`, one line."""
     parts = []
     for level in ("off", "on"):
-        r = p.get(level)
+        r = getattr(p, level)
         if r:
-            ref = {"exact": "integer-exact sim", "fakequant": "fake-quant sim"}.get(r.get("reference"), "sim")
-            parts.append(f"ORT opt {level} vs {ref}: agreement {r['agreement_top1']:.2f}%, "
-                         f"max {r.get('max_diff_lsb', float('nan')):.0f} LSB")
-    return "; ".join(parts) or json.dumps(p)
+            ref = _SIMULATION.get(r.reference, "sim")
+            lsb = float("nan") if r.max_diff_lsb is None else r.max_diff_lsb
+            parts.append(f"ORT opt {level} vs {ref}: agreement {r.agreement_top1:.2f}%, max {lsb:.0f} LSB")
+    return "; ".join(parts) or json.dumps(p.to_dict())
 
 
 @app.command(epilog="Example: zqtool compare model.pt --arch resnet20 --data test.npz --methods minmax,bnstat --bits 8,4")
@@ -455,23 +469,17 @@ def compare(model: Path = ModelArg, data: Path = DataOpt,
     method_list = parse_methods(methods)
     overrides = split_overrides(set_, method_list)
     out = out or store / "compare" / Path(model).stem
-    done = {"n": 0}
-
-    def on_stage(name, result, cached, seconds):
-        where = getattr(result, "dir", None)
-        console.print(f"  [green]✓[/] {name:<8} {seconds:7.1f} s  {'(cached) ' if cached else ''}{where or ''}",
-                      highlight=False)
 
     def on_pair_start(i, n, method, b):
         console.rule(f"[{i + 1}/{n}] {method} W{b}A{b} (first/last {first_last_bits}-bit)")
 
     def on_pair(row, i, n):
-        if row["status"] == "ok":
-            console.print(f"{row['method']} W{row['wbits']}A{row['abits']}: top-1 {row['top1']:.2f} ± "
-                          f"{row['top1_stderr']:.2f} (FP32 {row['fp32_top1']:.2f}), {row['pair_wall_s']:.1f} s",
+        if row.ok:
+            console.print(f"{row.method} W{row.wbits}A{row.abits}: top-1 {row.top1:.2f} ± "
+                          f"{row.top1_stderr:.2f} (FP32 {row.fp32_top1:.2f}), {row.pair_wall_s:.1f} s",
                           highlight=False)
         else:
-            console.print(f"[red]✗[/] {row['method']} W{row['wbits']}A{row['abits']} failed: {row['error']}",
+            console.print(f"[red]✗[/] {row.method} W{row.wbits}A{row.abits} failed: {row.error}",
                           highlight=False, soft_wrap=True)
 
     with _progress() as progress:
@@ -481,17 +489,20 @@ def compare(model: Path = ModelArg, data: Path = DataOpt,
                             seed=seed, device=_v(device), fmt=_v(fmt), threads=threads, limit=limit, latency_runs=latency_runs,
                             parity_images=parity_images, store=Store(store), plot=not no_plot,
                             command=shlex.join(["zqtool", *sys.argv[1:]]) if sys.argv[1:2] == ["compare"] else None,
-                            progress=progress, on_stage=on_stage, on_pair_start=on_pair_start, on_pair=on_pair)
-    out_console.print(render_rows(result["rows"]))
-    for w in result["warnings"]:
+                            progress=progress, on_stage=_stage_line("  "), on_pair_start=on_pair_start,
+                            on_pair=on_pair)
+    rows = result.rows
+    out_console.print(render_rows(rows))
+    for w in result.warnings:
         console.print(f"[yellow]warning:[/] {w}", highlight=False)
-    console.print(f"{len(result['rows'])} pair{'s' if len(result['rows']) != 1 else ''} in {result['wall_s']:.1f} s; wrote {result['outputs']['md']}"
-                  + (f", {result['plot']}" if result.get("plot") else ""), highlight=False, soft_wrap=True)
-    typer.echo(result["outputs"]["json"])
-    failed = [r for r in result["rows"] if r["status"] == "failed"]
+    console.print(f"{len(rows)} pair{'s' if len(rows) != 1 else ''} in {result.wall_s:.1f} s; "
+                  f"wrote {result.outputs['md']}" + (f", {result.plot}" if result.plot else ""),
+                  highlight=False, soft_wrap=True)
+    typer.echo(result.outputs["json"])
+    failed = [r for r in rows if r.status == "failed"]
     if failed:
-        console.print(f"[bold red]{len(failed)} of {len(result['rows'])} pairs failed[/] (rows marked failed): "
-                      + "; ".join(f"{r['method']} W{r['wbits']}A{r['abits']}: {r['error']}" for r in failed),
+        console.print(f"[bold red]{len(failed)} of {len(rows)} pairs failed[/] (rows marked failed): "
+                      + "; ".join(f"{r.method} W{r.wbits}A{r.abits}: {r.error}" for r in failed),
                       highlight=False, soft_wrap=True)
         raise typer.Exit(1)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ConfigError
+from .core.errors import ConfigError
 
 N_TEST = 500
 

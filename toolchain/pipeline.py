@@ -3,8 +3,10 @@
 ``load_stage`` → :class:`FPArtifact` (``fp/<key>/model.pt2 + model.json``);
 ``quantize_stage`` → :class:`QArtifact` (``q/<key>/quantized.pt + quant.json + log.json``);
 ``export_stage`` → :class:`OnnxArtifact` (``onnx/<key>/model.qdq.onnx + model.fp32.onnx``);
-``verify_stage`` → the report dict (``verify/<key>/report.json``, plus ``parity.json`` in ``run``).
-``run`` chains them. The CLI (toolchain/cli.py) only parses arguments and calls these.
+``verify_stage`` → :class:`~toolchain.verify.results.VerifyReport` (``verify/<key>/report.json``);
+``parity_stage`` → :class:`~toolchain.reports.ParityResult` (``parity/<key>/parity.json``).
+``run`` chains them into a :class:`~toolchain.reports.RunReport`. The CLI (toolchain/cli.py) only
+parses arguments and calls these.
 """
 
 from __future__ import annotations
@@ -15,12 +17,18 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .artifacts import Store, content_key, file_sha256, read_json, write_json
-from .errors import ConfigError, InputFileError, UnsupportedModelError
-from .models.meta import ModelMeta
-from .progress import null_progress
+from .artifacts import Store, read_json, write_json
+from .core.errors import ConfigError, InputFileError, UnsupportedModelError
+from .core.keys import content_key, file_sha256
+from .core.meta import ModelMeta
+from .progress import advance_hook, null_progress
 from .quant.scheme import QuantScheme
+
+if TYPE_CHECKING:  # the report types load onnxruntime (toolchain.verify): imported where used
+    from .reports import ParityResult, RunReport
+    from .verify.results import VerifyReport
 
 FP_STAGE, Q_STAGE, ONNX_STAGE, VERIFY_STAGE, SYNTH_STAGE = "fp", "q", "onnx", "verify", "synth"
 
@@ -148,12 +156,17 @@ def resolve_device(device: str = "auto"):
 
 def method_config(method: str, budget: str = "cpu", recipe: str | Path | None = None,
                   overrides: dict | None = None):
-    """(Method class, resolved frozen config) from the recipe's budget table and overrides."""
+    """(Method class, resolved frozen config): the recipe's ``[budget]`` table, then ``overrides``
+    (``--set`` values: dotted or bare keys, strings typed by the config; :mod:`toolchain.methods.config`).
+
+    Raises:
+        ConfigError: an unknown method, no such recipe/budget, a bad setting key or value.
+    """
     from .methods.recipes import load_recipe
-    from .methods.registry import build_config, get_method
-    cls = get_method(method)
-    values = {**load_recipe(method, budget, recipe), **(overrides or {})}
-    return cls, build_config(cls.Config, values)
+    from .methods.registry import get_method
+    from .methods.registry import method_config as build
+    get_method(method)  # an unknown method is named as such, not as a missing recipe
+    return build(method, load_recipe(method, budget, recipe), overrides or {})
 
 
 def seed_everything(seed: int) -> None:
@@ -166,16 +179,18 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _frozen_teacher(fp: FPArtifact, cls, method: str, seed: int, device: str):
-    """(device, FP program, frozen eval-mode FP GraphModule on the device); seeds the RNGs.
+def _method_teacher(fp: FPArtifact, cls, method: str, seed: int, device: str):
+    """(device, FP program, eval-mode FP GraphModule on the device) for a method's
+    :class:`~toolchain.methods.registry.MethodContext` (which freezes it); seeds the RNGs.
 
-    Raises UnsupportedModelError when the method needs BN statistics and the model has no BN.
+    Raises UnsupportedModelError when the method needs BN statistics and the model has no BN, or
+    class logits and the model is not a classifier.
     """
+    from .methods.registry import get_method, list_methods
     from .models.loader import require_batchnorm
     from .quant.rewrite import fp_graph_module
     dev = resolve_device(device)
     program = fp.program()
-    from .methods.registry import get_method, list_methods
     if cls.needs_class_logits and fp.meta.task != "classification":
         dense = ", ".join(f"--method {m}" for m in list_methods() if not get_method(m).needs_class_logits)
         raise UnsupportedModelError(
@@ -184,10 +199,7 @@ def _frozen_teacher(fp: FPArtifact, cls, method: str, seed: int, device: str):
     if cls.needs_batchnorm:
         require_batchnorm(program, method, tuple(m for m in list_methods() if not get_method(m).needs_batchnorm))
     seed_everything(seed)
-    teacher = fp_graph_module(program).to(dev).eval()
-    for p in teacher.parameters():
-        p.requires_grad_(False)
-    return dev, program, teacher
+    return dev, program, fp_graph_module(program).to(dev).eval()
 
 
 #: bumped when the same method, config, scheme and seed build a different quantized model (invalidates
@@ -226,7 +238,7 @@ def quantize_stage(fp: FPArtifact, *, method: str = "bnstat", scheme: QuantSchem
     from .methods.registry import MethodContext
     from .quant.rewrite import quantize_graph
 
-    dev, program, teacher = _frozen_teacher(fp, cls, method, seed, device)
+    dev, program, teacher = _method_teacher(fp, cls, method, seed, device)
     qmodel = quantize_graph(program, scheme, strict=strict).to(dev)
     float_ops, unknown_ops = qmodel.float_ops, qmodel.unknown_ops
 
@@ -325,7 +337,7 @@ def synth_stage(fp: FPArtifact, *, method: str = "gznq", budget: str = "cpu", re
     if not hasattr(cls, "synthesize"):
         raise ConfigError(f"method {method!r} has no synthetic set to show", "use --method gznq")
     from .methods.registry import MethodContext
-    dev, program, teacher = _frozen_teacher(fp, cls, method, seed, device)
+    dev, program, teacher = _method_teacher(fp, cls, method, seed, device)
     built: dict = {}
     ctx = MethodContext(teacher=teacher, qmodel=None, meta=fp.meta, scheme=None, device=dev, seed=seed,
                         workdir=store.root / "work" / content_key({"stage": SYNTH_STAGE, "fp": fp.key, "method": method,
@@ -374,44 +386,38 @@ def export_stage(q: QArtifact, *, fmt: str = "qdq", store: Store | None = None,
 # --------------------------------------------------------------------------- stage 4
 def verify_stage(onnx: OnnxArtifact, data: str | Path, *, threads: int = 1, limit: int | None = None,
                  latency_runs: int = 50, task: str | None = None, store: Store | None = None,
-                 progress=null_progress) -> dict:
+                 progress=null_progress) -> VerifyReport:
     """Stage 4 (cached): verify the QDQ model against its FP32 reference on labelled data
-    (``task``: the model card's; "segmentation" accepts an .npz of images with optional masks)."""
+    (``task``: the model card's; "segmentation" accepts an .npz of images with optional masks).
+
+    Returns the :class:`~toolchain.verify.results.VerifyReport`, stored as ``verify/<key>/report.json``
+    (its ``to_dict()``) and read back from there when the store has it.
+    """
     from .data import open_eval_set
-    from .verify import verify
+    from .verify import VerifyReport, verify
     store = store or Store()
     evalset = open_eval_set(data, limit=limit, task=task)
     key = content_key({"stage": VERIFY_STAGE, "onnx": onnx.key, "fmt": onnx.fmt, "data": evalset.fingerprint(),
                        "threads": threads, "limit": limit, "latency_runs": latency_runs})
     if store.done(VERIFY_STAGE, key):
-        return read_json(store.path(VERIFY_STAGE, key) / "report.json")
+        return VerifyReport.from_dict(read_json(store.path(VERIFY_STAGE, key) / "report.json"))
     report = verify(onnx.qdq_path, evalset, fp_path=onnx.fp32_path, threads=threads, limit=limit,
-                    latency_runs=latency_runs, progress=_verify_progress(progress))
+                    latency_runs=latency_runs, progress=advance_hook(progress))
     with store.build(VERIFY_STAGE, key, {"onnx": onnx.key, "data": str(data), "threads": threads,
                                          "limit": limit}) as d:
-        write_json(d / "report.json", report)
+        write_json(d / "report.json", report.to_dict())
     return report
-
-
-def _verify_progress(progress):
-    """Adapt the stage progress factory to verify's ``callable(advance, total, description)`` hook."""
-    tasks: dict[str, object] = {}
-
-    def hook(advance: int, total: int, description: str):
-        task = tasks.get(description)
-        if task is None:
-            task = tasks[description] = progress(description, total)
-        task.advance(advance)
-    return hook
 
 
 #: most images the parity check of a segmentation model compares (memory: all output pixels of both runs)
 SEG_PARITY_IMAGES = 32
+PARITY_STAGE = "parity"
 
 
 def parity_stage(q: QArtifact, onnx: OnnxArtifact, data: str | Path, *, n_images: int = 256,
-                 store: Store | None = None) -> dict:
-    """Torch simulation vs onnxruntime QDQ on the first ``n_images`` eval images (cached).
+                 store: Store | None = None) -> ParityResult:
+    """Torch simulation vs onnxruntime QDQ on the first ``n_images`` eval images (cached as
+    ``parity/<key>/parity.json``, the result's ``to_dict()``).
 
     A segmentation model is checked on at most :data:`SEG_PARITY_IMAGES` images: the comparison
     holds every output pixel of both runs in memory (21×224×224 floats an image for LR-ASPP).
@@ -420,73 +426,85 @@ def parity_stage(q: QArtifact, onnx: OnnxArtifact, data: str | Path, *, n_images
     if q.fp.meta.task == "segmentation":
         n_images = min(n_images, SEG_PARITY_IMAGES)
     from .data import open_eval_set
+    from .reports import ParityResult
     evalset = open_eval_set(data, limit=n_images, task=q.fp.meta.task)
-    key = content_key({"stage": "parity", "onnx": onnx.key, "data": evalset.fingerprint(), "n": n_images})
-    if store.done("parity", key):
-        return read_json(store.path("parity", key) / "parity.json")
+    key = content_key({"stage": PARITY_STAGE, "onnx": onnx.key, "data": evalset.fingerprint(), "n": n_images})
+    if store.done(PARITY_STAGE, key):
+        return ParityResult.from_dict(read_json(store.path(PARITY_STAGE, key) / "parity.json"))
     import numpy as np
     import torch
     from .export.parity import check_parity
     xs = [x for x, _ in evalset.batches(q.fp.meta, 64)]
     inputs = torch.from_numpy(np.concatenate(xs)) if xs else torch.zeros(0)
     result = check_parity(q.model(), onnx.qdq_path, inputs)
-    with store.build("parity", key, {"onnx": onnx.key, "n": n_images}) as d:
-        write_json(d / "parity.json", result)
+    with store.build(PARITY_STAGE, key, {"onnx": onnx.key, "n": n_images}) as d:
+        write_json(d / "parity.json", result.to_dict())
     return result
 
 
 # --------------------------------------------------------------------------- all four
+#: the store folder each stage of :func:`run` writes (its ``on_stage`` names)
+RUN_STAGES = {"load": FP_STAGE, "quantize": Q_STAGE, "export": ONNX_STAGE, "verify": VERIFY_STAGE,
+              "parity": PARITY_STAGE}
+
+
+def _stored(store: Store, stage: str) -> set[str]:
+    """The finished artifacts of ``stage`` in the store (temporary build folders start with a dot)."""
+    d = store.root / stage
+    return {p.name for p in d.iterdir() if not p.name.startswith(".")} if d.is_dir() else set()
+
+
 def run(model: str | Path, data: str | Path, *, load_options: dict | None = None, method: str = "bnstat",
         scheme: QuantScheme | None = None, budget: str = "cpu", recipe=None, overrides=None, seed: int = 0,
         device: str = "auto", fmt: str = "qdq", threads: int = 1, limit: int | None = None,
         latency_runs: int = 50, parity_images: int = 256, store: Store | None = None, strict: bool = False,
-        progress=null_progress, on_stage=None) -> dict:
+        progress=null_progress, on_stage=None) -> RunReport:
     """Chain load → quantize → export → verify (+ parity); every stage is cached.
 
-    ``on_stage(name, artifact, cached: bool, seconds)`` is called after each stage (for the CLI's log
-    lines); ``cached`` is True when the stage's artifact was read from the store.
-    Returns the verify report extended with ``quantize``, ``parity`` and ``artifacts`` sections.
+    ``on_stage(name, result, cached: bool, seconds)`` is called after each stage (for the CLI's log
+    lines; ``name`` one of :data:`RUN_STAGES`, ``result`` what the stage returned); ``cached`` is True
+    when the stage built nothing and its result was read from the store.
+
+    Returns:
+        a :class:`~toolchain.reports.RunReport`: the verify report (its warnings extended with
+        ops that had no quantized form) with ``quantize``, ``parity`` and ``artifacts`` sections.
     """
+    from .reports import Artifacts, QuantizeSection, Recipe, RunReport
     store = store or Store()
     note = on_stage or (lambda *a: None)
+    cached_stages: dict[str, bool] = {}
 
     def timed(name, fn):
-        t0, wall0 = time.perf_counter(), time.time()
+        """Run one stage; it was cached when it added no artifact to its store folder."""
+        before, t0 = _stored(store, RUN_STAGES[name]), time.perf_counter()
         out = fn()
-        d = getattr(out, "dir", None)
-        # an artifact whose config.json predates this call was read from the store, not built
-        cached = bool(d is not None and (Path(d) / "config.json").is_file()
-                      and (Path(d) / "config.json").stat().st_mtime < wall0)
-        note(name, out, cached, time.perf_counter() - t0)
-        cached_stages[name] = cached
+        cached_stages[name] = _stored(store, RUN_STAGES[name]) <= before
+        note(name, out, cached_stages[name], time.perf_counter() - t0)
         return out
-
-    cached_stages: dict[str, bool] = {}
 
     fp = timed("load", lambda: load_stage(model, store=store, progress=progress, **(load_options or {})))
     q = timed("quantize", lambda: quantize_stage(fp, method=method, scheme=scheme, budget=budget,
-                                                        recipe=recipe, overrides=overrides, seed=seed,
-                                                        device=device, store=store, strict=strict,
-                                                        progress=progress))
+                                                 recipe=recipe, overrides=overrides, seed=seed,
+                                                 device=device, store=store, strict=strict,
+                                                 progress=progress))
     onnx = timed("export", lambda: export_stage(q, fmt=fmt, store=store, progress=progress))
     report = timed("verify", lambda: verify_stage(onnx, data, threads=threads, limit=limit,
-                                                        latency_runs=latency_runs, task=fp.meta.task,
-                                                        store=store, progress=progress))
+                                                  latency_runs=latency_runs, task=fp.meta.task,
+                                                  store=store, progress=progress))
     parity = timed("parity", lambda: parity_stage(q, onnx, data, n_images=parity_images, store=store)) \
         if parity_images else None
     qlog = read_json(q.dir / "quant.json")
-    warnings_ = list(report.get("warnings", []))
+    warnings_ = list(report.warnings)
     if qlog.get("unknown_ops"):
-        from .quant.ops import format_counts
+        from .graph.ops import format_counts
         warnings_.append(f"ops with no quantized form ran in float between DequantizeLinear and QuantizeLinear: "
                          f"{format_counts(qlog['unknown_ops'])} (--strict refuses them)")
-    return {**report, "warnings": warnings_,
-            "quantize": {"method": method, "budget": budget, "recipe": qlog.get("recipe"),
-                         "cached": cached_stages.get("quantize", False),
-                         "scheme": q.scheme.to_dict(), "seed": seed,
-                         "wall_s": qlog.get("wall_s"), "method_s": qlog.get("method_s"),
-                         "reused": qlog.get("reused", {}), "device": qlog.get("device"),
-                         "float_ops": qlog.get("float_ops", {}), "unknown_ops": qlog.get("unknown_ops", {})},
-            "parity": parity,
-            "artifacts": {"fp": str(fp.dir), "q": str(q.dir), "onnx": str(onnx.dir),
-                          "qdq": str(onnx.qdq_path), "fp32": str(onnx.fp32_path)}}
+    quantize = QuantizeSection(
+        method=method, budget=budget, recipe=Recipe.from_dict(qlog["recipe"]) if qlog.get("recipe") else None,
+        cached=cached_stages["quantize"], scheme=q.scheme.to_dict(), seed=seed, wall_s=qlog.get("wall_s"),
+        method_s=qlog.get("method_s"), reused=qlog.get("reused", {}), device=qlog.get("device"),
+        float_ops=qlog.get("float_ops", {}), unknown_ops=qlog.get("unknown_ops", {}))
+    artifacts = Artifacts(fp=str(fp.dir), q=str(q.dir), onnx=str(onnx.dir), qdq=str(onnx.qdq_path),
+                          fp32=str(onnx.fp32_path))
+    return RunReport(verify=dataclasses.replace(report, warnings=tuple(warnings_)), quantize=quantize,
+                     parity=parity, artifacts=artifacts)

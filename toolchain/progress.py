@@ -46,3 +46,16 @@ def rich_progress(console=None):
                   TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
                   console=console, transient=True) as p:
         yield lambda description, total=None: _RichTask(p, description, total)
+
+
+def advance_hook(progress):
+    """Adapt a progress factory to the ``hook(advance, total, description)`` callback that
+    :func:`toolchain.verify.verify` takes: one task per description, created at its first call."""
+    tasks: dict[str, object] = {}
+
+    def hook(advance: int, total: int, description: str):
+        task = tasks.get(description)
+        if task is None:
+            task = tasks[description] = progress(description, total)
+        task.advance(advance)
+    return hook

@@ -90,12 +90,11 @@ import torch
 import torch.nn.functional as F
 from torch import fx
 
-from ..errors import UnsupportedModelError
-from . import ops
+from ..core.errors import UnsupportedModelError
+from ..graph import ops
 from .layers import QuantConv2d, QuantLinear
 from .model import QuantizedModel
 from .quantizers import ActPerTensorFloat
-from .rewrite import _bn_node_args
 
 aten = ops.aten
 
@@ -489,7 +488,7 @@ class _Propagator(fx.Interpreter):
 
     def _batch_norm(self, node, x) -> tuple | Moments:
         m = self._moments(x)
-        _, w, b, rm, rv, eps = _bn_node_args(node)
+        _, w, b, rm, rv, eps = ops.bn_args(node)
         get = lambda a, default: default if a is None else self.env[a].detach().float()
         c = m.sizes()[0]
         gamma, beta = get(w, torch.ones(c)), get(b, torch.zeros(c))

@@ -18,7 +18,7 @@ from typing import Iterable
 
 import torch
 
-from ..errors import ConfigError
+from ..core.errors import ConfigError
 from .fake_quant import fake_quantize
 from .model import QuantizedModel
 from .quantizers import ActPerTensorFloat

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import fx
 
 from . import integer_kernels as K
-from . import ops
+from ..graph import ops
 from .float_ops import FLOAT_UNARY, ort_apply, ort_bilinear_resize, ort_node
 from .layers import QuantConv2d, QuantLinear, QuantLayer
 from .model import QuantizedModel
@@ -210,7 +210,7 @@ class ExactInterpreter(fx.Interpreter):
 
     def _batch_norm(self, target, args):
         x, w, b, mean, var = (_materialize(a) for a in args[:5])
-        eps = float(args[7] if target is ops.aten.batch_norm.default else args[6])
+        eps = ops.bn_eps(target, args)
         c = x.shape[1]
         w = torch.ones(c) if w is None else w
         b = torch.zeros(c) if b is None else b

@@ -6,7 +6,8 @@ Conv/Gemm/MatMul nodes onnxruntime actually runs as integer kernels. For a segme
 model (model card ``task="segmentation"``, (N, K, H, W) outputs) it measures per-pixel
 agreement and mIoU against the FP32 model, and with masks pixel accuracy and mIoU of both
 (:mod:`toolchain.verify.segmentation`).
-:func:`render_report` / :func:`report_text` turn the result into a table.
+It returns a :class:`~.results.VerifyReport` (``to_dict()``: the JSON report);
+:func:`render_report` / :func:`report_text` turn it into a table.
 
 Needs numpy and onnxruntime; Pillow to decode image folders; ``onnx`` optionally
 (integer-op inspection falls back to onnxruntime profiling); ``rich`` optionally
@@ -17,7 +18,8 @@ from .integer_ops import inspect_integer_ops
 from .latency import measure_latency
 from .model_card import read_model_meta
 from .report import render_report, report_text
+from .results import VerifyReport
 from .runner import verify
 
-__all__ = ["inspect_integer_ops", "measure_latency", "read_model_meta", "render_report",
+__all__ = ["VerifyReport", "inspect_integer_ops", "measure_latency", "read_model_meta", "render_report",
            "report_text", "verify"]

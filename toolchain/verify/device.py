@@ -27,7 +27,7 @@ def _imports():
         sys.stderr.write(f"error: {name} is not installed; run `python3 -m pip install numpy onnxruntime` "
                          "(Pillow too for image folders)\n")
         sys.exit(2)
-    from ..errors import ZqError
+    from ..core.errors import ZqError
     from .report import report_text
     from .runner import verify
     return verify, report_text, ZqError
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
                         limit=args.limit, on_outputs=recorder)
         if args.json:
             with open(args.json, "w") as f:
-                json.dump(report, f, indent=2)
+                json.dump(report.to_dict(), f, indent=2)
         if recorder is not None:
             if not recorder.batches:
                 raise ZqError("--save-outputs keeps classifier logits; this model's outputs are per-pixel",

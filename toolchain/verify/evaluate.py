@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..data.protocol import EvalSet, check_batch_size
-from ..errors import DataError, InputFileError
+from ..core.errors import DataError, InputFileError
+from .results import Accuracy
 from .segmentation import DenseTally
 from .session import Classifier
 
@@ -31,10 +32,10 @@ class Tally:
     top5: int = 0
     n: int = 0
 
-    def percent(self) -> dict[str, float]:
-        """{"top1", "top5"}: percentages in 0..100 (NaN-free: 0 when n == 0)."""
+    def accuracy(self) -> Accuracy:
+        """Top-1 / top-5 in % (0..100; NaN-free: 0 when n == 0)."""
         d = max(self.n, 1)
-        return {"top1": 100.0 * self.top1 / d, "top5": 100.0 * self.top5 / d}
+        return Accuracy(top1=100.0 * self.top1 / d, top5=100.0 * self.top5 / d)
 
 
 @dataclass

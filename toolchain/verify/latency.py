@@ -7,12 +7,13 @@ from collections.abc import Callable
 
 import numpy as np
 
+from .results import LatencyStats
 from .session import Classifier
 
 
 def measure_latency(model: Classifier, image: np.ndarray, *, runs: int = 50, warmup: int = 10,
                     progress: Callable[[int, int, str], None] | None = None,
-                    description: str = "latency") -> dict[str, float] | None:
+                    description: str = "latency") -> LatencyStats | None:
     """Time ``session.run`` on one image (batch 1; padded to the static batch if the model has one).
 
     Args:
@@ -23,7 +24,8 @@ def measure_latency(model: Classifier, image: np.ndarray, *, runs: int = 50, war
         progress: called as ``progress(advance, warmup + runs, description)``.
 
     Returns:
-        {"p50", "p90", "mean", "min"} in milliseconds, plus "runs" (count), or None when runs == 0.
+        :class:`~.results.LatencyStats` (p50, p90, mean, min in milliseconds; runs), or None when
+        runs == 0.
     """
     if runs <= 0:
         return None
@@ -46,10 +48,5 @@ def measure_latency(model: Classifier, image: np.ndarray, *, runs: int = 50, war
         if progress and ((i + 1) % step == 0 or i + 1 == runs):
             progress(step if (i + 1) % step == 0 else (i + 1) % step, total, description)
     ms = times * 1e3
-    return {
-        "p50": float(np.percentile(ms, 50)),
-        "p90": float(np.percentile(ms, 90)),
-        "mean": float(ms.mean()),
-        "min": float(ms.min()),
-        "runs": int(runs),
-    }
+    return LatencyStats(p50=float(np.percentile(ms, 50)), p90=float(np.percentile(ms, 90)),
+                        mean=float(ms.mean()), min=float(ms.min()), runs=int(runs))

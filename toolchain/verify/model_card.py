@@ -1,4 +1,4 @@
-"""Read the model card (:class:`~toolchain.models.meta.ModelMeta`) from an ONNX file's metadata.
+"""Read the model card (:class:`~toolchain.core.meta.ModelMeta`) from an ONNX file's metadata.
 
 Stage 3 writes the card into ``metadata_props`` (keys ``zqtool.<field>``, JSON values);
 onnxruntime exposes them as ``custom_metadata_map``, so no ``onnx`` package is needed.
@@ -9,12 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 from types import ModuleType
 
-from ..errors import InputFileError, ZqError
+from ..core.errors import InputFileError, ZqError
 
 
 def model_meta_module() -> ModuleType:
     """The module defining ``ModelMeta`` (imports only the standard library; torch-free)."""
-    from ..models import meta
+    from ..core import meta
 
     return meta
 

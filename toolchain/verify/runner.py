@@ -14,12 +14,14 @@ from .. import __version__
 from ..data.npz import NpzEvalSet
 from ..data.opener import open_eval_set
 from ..data.protocol import IGNORE_INDEX, EvalSet, check_batch_size, check_limit
-from ..errors import ConfigError, InputFileError
+from ..core.errors import ConfigError, InputFileError
 from .evaluate import OutputsFn, ProgressFn, evaluate
 from .integer_ops import inspect_integer_ops
 from .latency import measure_latency
 from .machine import cpu_info, probe_int16_pair_saturation, saturation_risks, saturation_warning
 from .model_card import read_model_meta
+from .results import (Accuracy, Files, IntegerOps, Latency, Machine, Saturation, Segmentation, Settings,
+                      Sizes, VerifyReport)
 from .segmentation import DenseTally, class_iou
 from .session import Classifier
 
@@ -41,7 +43,7 @@ NO_FP = "none"
 def verify(qdq_path: str | os.PathLike, data: str | os.PathLike | EvalSet, *,
            fp_path: str | os.PathLike | None = None, threads: int = 1, batch_size: int = 64,
            latency_runs: int = 50, warmup: int = 10, limit: int | None = None,
-           progress: ProgressFn | None = None, on_outputs: OutputsFn | None = None) -> dict:
+           progress: ProgressFn | None = None, on_outputs: OutputsFn | None = None) -> VerifyReport:
     """Measure a quantized model against its FP32 reference on onnxruntime (CPU EP).
 
     The model card's ``task`` decides what is measured. A classifier ((N, K) logits) needs
@@ -79,7 +81,8 @@ def verify(qdq_path: str | os.PathLike, data: str | os.PathLike | EvalSet, *,
             calls it with advance 0.
 
     Returns:
-        a JSON-serializable dict; percentages are floats in 0..100, times in ms::
+        a :class:`~.results.VerifyReport`; its ``to_dict()`` is the JSON report (percentages are
+        floats in 0..100, times in ms)::
 
             fp32: {top1, top5}  (null values without an FP32 model; null for segmentation)
             quantized: {top1, top5}         (null values for segmentation)
@@ -134,23 +137,9 @@ def verify(qdq_path: str | os.PathLike, data: str | os.PathLike | EvalSet, *,
     quantized = Classifier(qdq_path, threads)
     meta = read_model_meta(quantized.metadata, qdq_path)
     quantized.expect(meta.input_shape, meta.num_classes, meta.task)
-    segmentation = meta.task == "segmentation"
-
+    fp_path = _reference_path(qdq_path, fp_path, notes)
     fp = None
-    if fp_path == NO_FP:
-        fp_path = None
-        notes.append("FP32 reference skipped (--fp none): FP32 accuracy and top-1 agreement not computed")
-    elif fp_path is None:
-        candidate = qdq_path.with_name(DEFAULT_FP_NAME)
-        if candidate.is_file() and candidate.resolve() != qdq_path.resolve():
-            fp_path = candidate
-        else:
-            notes.append(f"no FP32 reference given and no {DEFAULT_FP_NAME} beside the quantized model: "
-                         "FP32 accuracy and top-1 agreement not computed (pass fp_path / --fp)")
     if fp_path is not None:
-        fp_path = Path(fp_path)
-        if not fp_path.is_file():
-            raise InputFileError(f"FP32 reference model not found: {fp_path}", "check the --fp path")
         fp = Classifier(fp_path, threads)
         _check_same_card(fp, meta, fp_path)
         fp.expect(meta.input_shape, meta.num_classes, meta.task)
@@ -170,7 +159,6 @@ def verify(qdq_path: str | os.PathLike, data: str | os.PathLike | EvalSet, *,
                          f"evaluated {clf.static_batch} image(s) per run")
     result = evaluate(data, meta, models, batch_size=batch_size, limit=limit, progress=progress,
                       on_outputs=on_outputs)
-    n = result.n_images
 
     lat_q = lat_fp = None
     if latency_runs:
@@ -182,65 +170,87 @@ def verify(qdq_path: str | os.PathLike, data: str | os.PathLike | EvalSet, *,
     else:
         notes.append("latency not measured (latency_runs = 0)")
 
+    int_ops = _integer_ops(qdq_path, notes, progress)
+    machine, saturation, warnings = _machine(qdq_path)
+
+    seg = None
+    if meta.task == "segmentation":
+        seg = _segmentation_block(result.dense, notes)
+        q_acc = fp_acc = Accuracy()
+        agreement, top1_drop, top1_stderr = seg.pixel_agreement, None, None
+    else:
+        n = result.n_images
+        q_acc = result.tallies["quantized"].accuracy()
+        fp_acc = result.tallies["fp32"].accuracy() if fp is not None else Accuracy()
+        p = q_acc.top1 / 100.0
+        agreement = None if result.agree is None else 100.0 * result.agree / n
+        top1_drop = None if fp is None else fp_acc.top1 - q_acc.top1
+        top1_stderr = 100.0 * math.sqrt(p * (1.0 - p) / n)
+    return VerifyReport(
+        fp32=fp_acc, quantized=q_acc, agreement_top1=agreement, top1_drop=top1_drop, top1_stderr=top1_stderr,
+        n_images=result.n_images,
+        latency_ms=Latency(threads=threads, batch_size=1, warmup=warmup, runs=latency_runs, fp32=lat_fp,
+                           quantized=lat_q),
+        bytes=Sizes(fp32=fp_path.stat().st_size if fp is not None else None, quantized=qdq_path.stat().st_size),
+        integer_ops=int_ops, ort_version=ort.__version__, providers=tuple(quantized.providers),
+        machine=machine, saturation=saturation, warnings=warnings, meta=meta,
+        files=Files(quantized=os.fspath(qdq_path), fp32=os.fspath(fp_path) if fp is not None else None,
+                    data=data_desc),
+        data_fingerprint=data.fingerprint() if hasattr(data, "fingerprint") else None,
+        settings=Settings(threads=threads, batch_size=batch_size, latency_runs=latency_runs, warmup=warmup,
+                          limit=limit),
+        notes=tuple(notes), zqtool_version=__version__, wall_s=time.perf_counter() - t_start,
+        segmentation=seg)
+
+
+def _reference_path(qdq_path: Path, fp_path, notes: list[str]) -> Path | None:
+    """The FP32 reference to load (see :func:`verify`'s ``fp_path``), or None; notes why there is none.
+
+    Raises:
+        InputFileError: a given reference that does not exist.
+    """
+    if fp_path == NO_FP:
+        notes.append("FP32 reference skipped (--fp none): FP32 accuracy and top-1 agreement not computed")
+        return None
+    if fp_path is None:
+        candidate = qdq_path.with_name(DEFAULT_FP_NAME)
+        if candidate.is_file() and candidate.resolve() != qdq_path.resolve():
+            return candidate
+        notes.append(f"no FP32 reference given and no {DEFAULT_FP_NAME} beside the quantized model: "
+                     "FP32 accuracy and top-1 agreement not computed (pass fp_path / --fp)")
+        return None
+    fp_path = Path(fp_path)
+    if not fp_path.is_file():
+        raise InputFileError(f"FP32 reference model not found: {fp_path}", "check the --fp path")
+    return fp_path
+
+
+def _integer_ops(qdq_path: Path, notes: list[str], progress: ProgressFn | None) -> IntegerOps:
+    """The report's ``integer_ops`` section; notes a fallback level and Conv/Gemm/MatMul left in float."""
     if progress:
         progress(0, 1, "integer ops")
-    int_ops = inspect_integer_ops(qdq_path)
+    ops = IntegerOps.from_dict(inspect_integer_ops(qdq_path))
     if progress:
         progress(1, 1, "integer ops")
-    if int_ops.get("fallback_reason"):
-        notes.append(f"integer ops read from the {int_ops['inspected_level']} graph: {int_ops['fallback_reason']}")
-    if int_ops["conv_total"] and int_ops["conv_integer"] < int_ops["conv_total"]:
-        notes.append(f"only {int_ops['conv_integer']} of {int_ops['conv_total']} Conv/Gemm/MatMul nodes run as "
+    if ops.fallback_reason:
+        notes.append(f"integer ops read from the {ops.inspected_level} graph: {ops.fallback_reason}")
+    if ops.conv_total and ops.conv_integer < ops.conv_total:
+        notes.append(f"only {ops.conv_integer} of {ops.conv_total} Conv/Gemm/MatMul nodes run as "
                      "integer kernels on this onnxruntime; the rest compute in float")
+    return ops
 
+
+def _machine(qdq_path: Path) -> tuple[Machine, Saturation, tuple[str, ...]]:
+    """The report's ``machine`` and ``saturation`` sections and its ``warnings`` (saturation on this CPU)."""
     cpu = cpu_info()
     probed = probe_int16_pair_saturation()
     saturates = cpu.int16_pair_saturation if probed is None else probed
     risks = saturation_risks(qdq_path)
-    warnings = [w for w in (saturation_warning(risks, saturates, cpu),) if w]
-
-    if segmentation:
-        seg = _segmentation_block(result.dense, notes)
-        q_acc, fp_acc = {"top1": None, "top5": None}, {"top1": None, "top5": None}
-        agreement, top1_drop, top1_stderr = seg["pixel_agreement"], None, None
-    else:
-        q_acc = result.tallies["quantized"].percent()
-        fp_acc = result.tallies["fp32"].percent() if fp is not None else {"top1": None, "top5": None}
-        p = q_acc["top1"] / 100.0
-        agreement = None if result.agree is None else 100.0 * result.agree / n
-        top1_drop = None if fp is None else fp_acc["top1"] - q_acc["top1"]
-        top1_stderr = 100.0 * math.sqrt(p * (1.0 - p) / n)
-    report = {
-        "fp32": fp_acc,
-        "quantized": q_acc,
-        "agreement_top1": agreement,
-        "top1_drop": top1_drop,
-        "top1_stderr": top1_stderr,
-        "n_images": n,
-        "latency_ms": {"threads": threads, "batch_size": 1, "warmup": warmup, "runs": latency_runs,
-                       "fp32": lat_fp, "quantized": lat_q},
-        "bytes": {"fp32": fp_path.stat().st_size if fp is not None else None,
-                  "quantized": qdq_path.stat().st_size},
-        "integer_ops": int_ops,
-        "ort_version": ort.__version__,
-        "providers": quantized.providers,
-        "machine": {**cpu.to_dict(), "int16_pair_saturation_probed": probed},
-        "saturation": {"layers": None if risks is None else [vars(r) for r in risks],
-                       "exact_here": None if risks is None or saturates is None else (not risks or not saturates)},
-        "warnings": warnings,
-        "meta": meta.to_dict(),
-        "files": {"quantized": os.fspath(qdq_path), "fp32": os.fspath(fp_path) if fp is not None else None,
-                  "data": data_desc},
-        "data_fingerprint": data.fingerprint() if hasattr(data, "fingerprint") else None,
-        "settings": {"threads": threads, "batch_size": batch_size, "latency_runs": latency_runs,
-                     "warmup": warmup, "limit": limit},
-        "notes": notes,
-        "zqtool_version": __version__,
-        "wall_s": time.perf_counter() - t_start,
-    }
-    if segmentation:
-        report["segmentation"] = seg
-    return report
+    warnings = tuple(w for w in (saturation_warning(risks, saturates, cpu),) if w)
+    machine = Machine.from_dict({**cpu.to_dict(), "int16_pair_saturation_probed": probed})
+    saturation = Saturation(layers=None if risks is None else tuple(risks),
+                            exact_here=None if risks is None or saturates is None else (not risks or not saturates))
+    return machine, saturation, warnings
 
 
 def open_data(path: str | os.PathLike, limit: int | None, task: str = "classification") -> EvalSet:
@@ -257,30 +267,21 @@ def open_data(path: str | os.PathLike, limit: int | None, task: str = "classific
     return open_eval_set(p, limit)
 
 
-def _segmentation_block(tally: DenseTally, notes: list[str]) -> dict:
+def _segmentation_block(tally: DenseTally, notes: list[str]) -> Segmentation:
     """The report's ``segmentation`` section (see :func:`verify`); appends notes on what was not measured."""
     masks = bool(tally.vs_masks)
     q, f = tally.against_masks("quantized"), tally.against_masks("fp32")
-    miou_drop = None if f["miou"] is None or q["miou"] is None else f["miou"] - q["miou"]
+    miou_drop = None if f.miou is None or q.miou is None else f.miou - q.miou
     if not masks:
         notes.append("no masks in the eval data: pixel accuracy and mIoU against ground truth not computed "
                      "(the FP32 model is the reference)")
-    per_class = None if tally.vs_fp32 is None else [
-        None if v != v else 100.0 * float(v) for v in class_iou(tally.vs_fp32)]
-    return {
-        "num_classes": tally.num_classes,
-        "output_hw": list(tally.output_hw) if tally.output_hw else None,
-        "pixels": tally.n_pixels,
-        "pixel_agreement": tally.pixel_agreement(),
-        "miou_vs_fp32": tally.miou_vs_fp32(),
-        "class_iou_vs_fp32": per_class,
-        "masks": masks,
-        "ignore_index": IGNORE_INDEX,
-        "labelled_pixels": tally.labelled_pixels if masks else None,
-        "fp32": f,
-        "quantized": q,
-        "miou_drop": miou_drop,
-    }
+    per_class = None if tally.vs_fp32 is None else tuple(
+        None if v != v else 100.0 * float(v) for v in class_iou(tally.vs_fp32))
+    return Segmentation(
+        num_classes=tally.num_classes, output_hw=tuple(tally.output_hw) if tally.output_hw else None,
+        pixels=tally.n_pixels, pixel_agreement=tally.pixel_agreement(), miou_vs_fp32=tally.miou_vs_fp32(),
+        class_iou_vs_fp32=per_class, masks=masks, ignore_index=IGNORE_INDEX,
+        labelled_pixels=tally.labelled_pixels if masks else None, fp32=f, quantized=q, miou_drop=miou_drop)
 
 
 def _check_same_card(fp: Classifier, meta, fp_path: Path) -> None:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..data.protocol import IGNORE_INDEX
+from .results import MaskScores
 
 
 def confusion_matrix(reference: np.ndarray, predicted: np.ndarray, num_classes: int,
@@ -129,9 +130,9 @@ class DenseTally:
         """mIoU (%) of the quantized prediction against the FP32 one; None with one model."""
         return None if self.vs_fp32 is None else mean_iou(self.vs_fp32)
 
-    def against_masks(self, name: str) -> dict[str, float | None]:
-        """{"pixel_accuracy", "miou"} (%) of model ``name`` against the masks (None values without)."""
+    def against_masks(self, name: str) -> MaskScores:
+        """Pixel accuracy and mIoU (%) of model ``name`` against the masks (None values without)."""
         cm = self.vs_masks.get(name)
         if cm is None:
-            return {"pixel_accuracy": None, "miou": None}
-        return {"pixel_accuracy": pixel_accuracy(cm), "miou": mean_iou(cm)}
+            return MaskScores()
+        return MaskScores(pixel_accuracy=pixel_accuracy(cm), miou=mean_iou(cm))

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from ..errors import InputFileError
+from ..core.errors import InputFileError
 
 #: ORT tensor type string → numpy dtype accepted as model input
 _INPUT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}

@@ -1,0 +1,99 @@
+"""The grid a compare runs: ``--methods``, ``--bits``, ``--threads`` and ``--set`` parsed and checked
+(every value is refused with a one-line :class:`~toolchain.core.errors.ConfigError` before any work)."""
+
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+from ..core.errors import ConfigError
+
+
+def _items(text: str | Sequence, name: str) -> list[str]:
+    raw = text.split(",") if isinstance(text, str) else [str(t) for t in text]
+    items = [t.strip() for t in raw if t.strip()]
+    if not items:
+        raise ConfigError(f"--{name} needs at least one value", f"e.g. --{name} " +
+                          {"methods": "minmax,bnstat", "bits": "8,4", "threads": "1,2"}.get(name, "a,b"))
+    return list(dict.fromkeys(items))  # de-duplicated, order kept
+
+
+def parse_methods(text: str | Sequence[str]) -> list[str]:
+    """``"minmax,bnstat"`` → ``["minmax", "bnstat"]``, checked against the method registry.
+
+    Raises:
+        ConfigError: an empty list or a name that is not registered (the message lists them all).
+    """
+    from ..methods.registry import list_methods
+    methods = _items(text, "methods")
+    known = list_methods()
+    unknown = [m for m in methods if m not in known]
+    if unknown:
+        raise ConfigError(f"unknown method{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} "
+                          f"in --methods", f"available: {', '.join(known)}")
+    return methods
+
+
+def _ints(text: str | Sequence, name: str, lo: int, hi: int | None) -> list[int]:
+    out = []
+    for t in _items(text, name):
+        try:
+            v = int(t)
+        except ValueError:
+            v = None
+        if v is None or v < lo or (hi is not None and v > hi):
+            rng = f"{lo}..{hi}" if hi is not None else f">= {lo}"
+            raise ConfigError(f"--{name} expects comma-separated integers in {rng}, got {t!r}",
+                              f"e.g. --{name} " + ("8,6,4,3" if name == "bits" else "1,2"))
+        out.append(v)
+    return out
+
+
+def parse_bits(text: str | Sequence) -> list[int]:
+    """``"8,6,4,3"`` → ``[8, 6, 4, 3]`` (weights = activations). Raises ConfigError outside 2..8."""
+    from ..quant.scheme import MAX_BITS, MIN_BITS
+    return _ints(text, "bits", MIN_BITS, MAX_BITS)
+
+
+def parse_threads(text: str | Sequence) -> list[int]:
+    """``"1,2"`` → ``[1, 2]``: onnxruntime intra-op thread counts to verify at (0 = onnxruntime's
+    default, all cores, as for ``verify``). Raises ConfigError."""
+    return _ints(text, "threads", 0, None)
+
+
+def split_overrides(items: Iterable[str] | None, methods: Sequence[str]) -> dict[str, dict]:
+    """Route ``--set`` items to methods: ``METHOD.key=value`` sets ``key`` of that method only;
+    ``key=value`` sets it on every listed method whose config has ``key``. A method-specific
+    value wins over a plain one. Items for a registered method not in ``methods`` are ignored
+    (so a script may keep them while its method list is overridden).
+
+    Returns:
+        ``{method: {key: value-string}}`` for every method in ``methods``.
+
+    Raises:
+        ConfigError: not ``key=value``; an unregistered METHOD prefix; a plain key that no listed
+        method has.
+    """
+    from ..methods.config import accepts, parse_overrides
+    from ..methods.registry import get_method, list_methods
+    per: dict[str, dict] = {m: {} for m in methods}
+    plain, specific = {}, []
+    for k, v in parse_overrides(list(items or [])).items():
+        if "." in k:
+            specific.append((k, v))
+        else:
+            plain[k] = v
+    for k, v in plain.items():
+        takers = [m for m in methods if accepts(get_method(m).Config, k)]
+        if not takers:
+            raise ConfigError(f"--set {k}={v}: none of {', '.join(methods)} has a setting {k!r}",
+                              "use --set METHOD.key=value for one method; `zqtool list methods` names them")
+        for m in takers:
+            per[m][k] = v
+    for k, v in specific:
+        m, key = k.split(".", 1)
+        if m not in list_methods():
+            raise ConfigError(f"--set {k}={v}: {m!r} is not a method",
+                              f"use --set METHOD.key=value with one of: {', '.join(list_methods())}")
+        if m in per:
+            per[m][key] = v
+    return per

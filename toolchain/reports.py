@@ -1,0 +1,144 @@
+"""The run's typed report: :class:`RunReport` (``zqtool run --json``) and its torch-side parts,
+:class:`ParityResult` (``parity.json``) and the ``quantize`` / ``artifacts`` sections (torch-free).
+
+As for :mod:`toolchain.verify.results`, ``to_dict()`` is the JSON exactly as it has always been
+written and ``from_dict()`` reads it back, so the CLI, ``compare`` and scripts read reports
+without torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .verify.results import Record, VerifyReport, omitted_if_none
+
+#: parity's onnxruntime optimization levels, in the order a report lists them
+PARITY_LEVELS = ("off", "on", "basic", "extended")
+
+
+@dataclass(frozen=True)
+class ParityLevel(Record):
+    """Torch simulation vs onnxruntime at one optimization level (see
+    :func:`toolchain.export.parity.check_parity`): % top-1 agreement, % bit-identical logits,
+    differences in logit units and in output LSBs. With no inputs (``n`` 0) only the agreement,
+    difference and ``n`` keys are written, as None/0."""
+
+    reference: str | None = omitted_if_none()
+    agreement_top1: float | None = None
+    identical: float | None = omitted_if_none()
+    max_abs_diff: float | None = None
+    max_diff_lsb: float | None = None
+    mean_diff_lsb: float | None = None
+    lsb: float | None = omitted_if_none()
+    n: int = 0
+    #: the first differing tensor (:func:`toolchain.export.divergence.first_divergence`; None if none found)
+    first_difference: dict | None = omitted_if_none()
+
+    @property
+    def diverged(self) -> bool:
+        """Compared with the integer-exact simulation and not bit-identical (then the report says
+        where the two first differ, ``first_difference``)."""
+        return self.reference == "exact" and self.identical is not None and self.identical < 100.0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = super().to_dict()
+        if self.diverged and "first_difference" not in d:
+            d["first_difference"] = None
+        return d
+
+
+@dataclass(frozen=True)
+class ParityResult(Record):
+    """``{level: ParityLevel}`` for each optimization level checked (``off`` / ``on`` for "both")."""
+
+    off: ParityLevel | None = omitted_if_none()
+    on: ParityLevel | None = omitted_if_none()
+    basic: ParityLevel | None = omitted_if_none()
+    extended: ParityLevel | None = omitted_if_none()
+
+    def levels(self) -> dict[str, ParityLevel]:
+        """The levels checked, in report order."""
+        return {lv: getattr(self, lv) for lv in PARITY_LEVELS if getattr(self, lv) is not None}
+
+
+@dataclass(frozen=True)
+class Recipe(Record):
+    """Where a method's settings came from: the recipe file and its budget table."""
+
+    file: str | None
+    budget: str | None
+
+
+@dataclass(frozen=True)
+class QuantizeSection(Record):
+    """The run report's ``quantize`` section: how the quantized model was made (``quant.json``).
+
+    ``cached``: read from the store, not built by this run; ``wall_s``: the method's run when it was
+    built; ``method_s``: its cost from scratch (reused cached artifacts' build seconds added, per
+    artifact in ``reused``); ``scheme``: :meth:`~toolchain.quant.scheme.QuantScheme.to_dict`;
+    ``float_ops`` / ``unknown_ops``: op → count run in float between DequantizeLinear and QuantizeLinear.
+    """
+
+    method: str
+    budget: str
+    recipe: Recipe | None
+    cached: bool
+    scheme: dict[str, Any]
+    seed: int
+    wall_s: float | None
+    method_s: float | None
+    reused: dict[str, float]
+    device: str | None
+    float_ops: dict[str, int]
+    unknown_ops: dict[str, int]
+
+
+@dataclass(frozen=True)
+class Artifacts(Record):
+    """The run report's ``artifacts`` section: the stage directories and the two ONNX files."""
+
+    fp: str
+    q: str
+    onnx: str
+    qdq: str
+    fp32: str
+
+
+#: the keys a run report adds after the verify report's
+RUN_SECTIONS = ("quantize", "parity", "artifacts")
+
+
+@dataclass(frozen=True)
+class RunReport:
+    """What :func:`toolchain.pipeline.run` returns: the verify report (its ``warnings`` extended with
+    the run's), then ``quantize``, ``parity`` (None when skipped) and ``artifacts``.
+
+    ``to_dict()`` is one flat JSON object: the verify report's keys followed by those three.
+    """
+
+    verify: VerifyReport
+    quantize: QuantizeSection
+    parity: ParityResult | None
+    artifacts: Artifacts
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.verify.to_dict(), "quantize": self.quantize.to_dict(),
+                "parity": None if self.parity is None else self.parity.to_dict(),
+                "artifacts": self.artifacts.to_dict()}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "RunReport":
+        """Read a ``zqtool run --json`` report back.
+
+        Raises:
+            ValueError: ``d`` is not a run report (not a mapping, or no ``quantize`` / ``artifacts``).
+        """
+        if not isinstance(d, Mapping) or "quantize" not in d or "artifacts" not in d:
+            raise ValueError("not a run report (no 'quantize' and 'artifacts' sections)")
+        rest = {k: v for k, v in d.items() if k not in RUN_SECTIONS}
+        parity = d.get("parity")
+        return cls(verify=VerifyReport.from_dict(rest), quantize=QuantizeSection.from_dict(d["quantize"]),
+                   parity=None if parity is None else ParityResult.from_dict(parity),
+                   artifacts=Artifacts.from_dict(d["artifacts"]))
