@@ -39,6 +39,12 @@ def test_stages_one_by_one(files, tmp_path):
     assert r.exit_code == 0, r.output
     rep = json.loads(report.read_text())
     assert rep["n_images"] == 40 and rep["integer_ops"]["conv_integer"] == rep["integer_ops"]["conv_total"]
+    assert rep["fp32"]["top1"] is not None
+    # --fp none skips the FP32 reference (as the device verifier's flag does), not "file 'none' not found"
+    r = invoke("verify", qdq, "--data", data, "--latency-runs", "0", "--fp", "none", "--json", report)
+    assert r.exit_code == 0, r.output
+    rep = json.loads(report.read_text())
+    assert rep["fp32"]["top1"] is None and rep["agreement_top1"] is None
 
 
 def test_run_writes_json_with_parity(files, tmp_path):

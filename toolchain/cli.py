@@ -347,7 +347,7 @@ def _qdq_of(source: Path) -> Path:
 @handle_errors
 def verify(onnx_model: Path = typer.Argument(..., help="The QDQ ONNX model (model.qdq.onnx)."),
            data: Path = DataOpt,
-           fp: Optional[Path] = typer.Option(None, "--fp", help="FP32 reference (default: model.fp32.onnx beside it)."),
+           fp: Optional[Path] = typer.Option(None, "--fp", help="FP32 reference (default: model.fp32.onnx beside it; none: skip it)."),
            threads: int = ThreadsOpt, json_path: Optional[Path] = JsonOpt, limit: Optional[int] = LimitOpt,
            latency_runs: int = RunsOpt):
     """Stage 4: accuracy, agreement, latency, sizes and integer kernels on onnxruntime (no torch)."""

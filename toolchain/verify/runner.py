@@ -209,7 +209,7 @@ def _reference_path(qdq_path: Path, fp_path, notes: list[str]) -> Path | None:
     Raises:
         InputFileError: a given reference that does not exist.
     """
-    if fp_path == NO_FP:
+    if fp_path is not None and str(fp_path) == NO_FP:  # the CLI passes a Path
         notes.append("FP32 reference skipped (--fp none): FP32 accuracy and top-1 agreement not computed")
         return None
     if fp_path is None:
