@@ -179,12 +179,12 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _method_teacher(fp: FPArtifact, cls, method: str, seed: int, device: str):
+def _method_teacher(fp: FPArtifact, cls, method: str, seed: int, device: str, needs_batchnorm: bool | None = None):
     """(device, FP program, eval-mode FP GraphModule on the device) for a method's
     :class:`~toolchain.methods.registry.MethodContext` (which freezes it); seeds the RNGs.
 
-    Raises UnsupportedModelError when the method needs BN statistics and the model has no BN, or
-    class logits and the model is not a classifier.
+    Raises UnsupportedModelError when the method (``needs_batchnorm``: this configuration of it)
+    needs BN statistics and the model has no BN, or class logits and the model is not a classifier.
     """
     from .methods.registry import get_method, list_methods
     from .models.loader import require_batchnorm
@@ -196,8 +196,9 @@ def _method_teacher(fp: FPArtifact, cls, method: str, seed: int, device: str):
         raise UnsupportedModelError(
             f"method {method} trains on class logits and this is a {fp.meta.task} model "
             f"(per-pixel output); methods that apply: {dense}")
-    if cls.needs_batchnorm:
-        require_batchnorm(program, method, tuple(m for m in list_methods() if not get_method(m).needs_batchnorm))
+    if cls.needs_batchnorm if needs_batchnorm is None else needs_batchnorm:
+        label = method if cls.needs_batchnorm else f"{method} with reconstruct (on a BN-statistics synthetic set)"
+        require_batchnorm(program, label, tuple(m for m in list_methods() if not get_method(m).needs_batchnorm))
     seed_everything(seed)
     return dev, program, fp_graph_module(program).to(dev).eval()
 
@@ -238,7 +239,7 @@ def quantize_stage(fp: FPArtifact, *, method: str = "bnstat", scheme: QuantSchem
     from .methods.registry import MethodContext
     from .quant.rewrite import quantize_graph
 
-    dev, program, teacher = _method_teacher(fp, cls, method, seed, device)
+    dev, program, teacher = _method_teacher(fp, cls, method, seed, device, cls(cfg).needs_synthetic_images)
     qmodel = quantize_graph(program, scheme, strict=strict).to(dev)
     float_ops, unknown_ops = qmodel.float_ops, qmodel.unknown_ops
 
@@ -253,7 +254,7 @@ def quantize_stage(fp: FPArtifact, *, method: str = "bnstat", scheme: QuantSchem
         ctx = MethodContext(teacher=teacher, qmodel=qmodel, meta=fp.meta, scheme=scheme, device=dev,
                             seed=seed, workdir=store.root / "work" / key, progress=progress, cached=cached)
         t0 = time.perf_counter()
-        qmodel = cls(cfg).run(ctx)
+        qmodel = cls(cfg).quantize(ctx)
         wall = time.perf_counter() - t0
         qmodel = qmodel.cpu().eval()
         torch.save(qmodel.state_dict(), d / "quantized.pt")

@@ -63,6 +63,10 @@ class BNStat(Method):
         synthesis: SynthesisConfig = group(SynthesisConfig)
         calibration: str = setting("mse", choices=CALIBRATIONS)
 
+    def reconstruction_images(self, ctx: MethodContext) -> torch.Tensor:
+        """Reconstruction runs on the calibration set (the same cached artifact)."""
+        return synthetic_set(ctx, self.config.synthesis)
+
     def run(self, ctx: MethodContext):
         c = self.config
         images = synthetic_set(ctx, c.synthesis)

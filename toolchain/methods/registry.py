@@ -9,6 +9,7 @@ overrides by :func:`method_config` (the one way settings reach a method, :mod:`.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, ClassVar
@@ -16,10 +17,11 @@ from typing import Callable, ClassVar
 import torch
 
 from ..core.errors import ConfigError
-from .config import Settings, build_config
+from .config import Settings, build_config, group, setting
 from ..core.meta import ModelMeta
 from ..quant.model import QuantizedModel
 from ..quant.scheme import QuantScheme
+from .reconstruct import RECONSTRUCTIONS, ReconstructionConfig
 
 _METHODS: dict[str, type["Method"]] = {}
 
@@ -131,10 +133,49 @@ class Method:
 
     @dataclass(frozen=True)
     class Config(Settings):
-        pass
+        """Settings every method has.
+
+        Attributes:
+            reconstruct: the step the method ends with, a key of
+                :data:`~.reconstruct.RECONSTRUCTIONS`: "none", or "adaround" (block reconstruction
+                on synthetic images, BRECQ/AdaRound).
+            recon: its settings (:class:`~.reconstruct.ReconstructionConfig`).
+        """
+
+        reconstruct: str = setting("none", choices=tuple(RECONSTRUCTIONS))
+        recon: ReconstructionConfig = group(ReconstructionConfig)
 
     def __init__(self, config=None):
         self.config = config if config is not None else self.Config()
 
+    @property
+    def needs_synthetic_images(self) -> bool:
+        """Whether this configuration reads BN statistics (the method's own need, or reconstruction
+        on a ZeroQ set); checked before running."""
+        return self.needs_batchnorm or self.config.reconstruct != "none"
+
     def run(self, ctx: MethodContext) -> QuantizedModel:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def quantize(self, ctx: MethodContext) -> QuantizedModel:
+        """:meth:`run`, then the configured reconstruction step (its record in ``ctx.log``)."""
+        qmodel = self.run(ctx)
+        step = RECONSTRUCTIONS[self.config.reconstruct]
+        if step is not None:
+            from ..quant.rewrite import quantize_graph
+            from .checkpoint import Checkpointer
+            images = self.reconstruction_images(ctx).to(ctx.device)
+            reference = quantize_graph(ctx.teacher, ctx.scheme).to(ctx.device)  # the FP model, same blocks
+            ckpt = Checkpointer(ctx.workdir, "reconstruct.ckpt", dataclasses.asdict(self.config))
+            log = step(qmodel, images, self.config.recon, reference=reference, progress=ctx.progress,
+                       checkpointer=ckpt)
+            ctx.log["reconstruction"] = log.to_dict()
+        return qmodel
+
+    def reconstruction_images(self, ctx: MethodContext) -> torch.Tensor:
+        """The (N, C, H, W) float32 images reconstruction runs on: by default a cached ZeroQ set of
+        ``recon.images`` images (:func:`~.bnstat.synthetic_set`); a method with a synthetic set of
+        its own returns that."""
+        from .bnstat import synthetic_set
+        from .synthesis import SynthesisConfig
+        return synthetic_set(ctx, SynthesisConfig(num_images=self.config.recon.images))
