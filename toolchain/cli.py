@@ -147,6 +147,13 @@ DataOpt = typer.Option(..., "--data", help="Labelled eval data: .npz (images uin
 ThreadsOpt = typer.Option(1, "--threads", min=0, help="onnxruntime intra-op threads for accuracy and latency "
                                                        "(0 = onnxruntime's default: all cores).")
 JsonOpt = typer.Option(None, "--json", help="Write the report as JSON here.")
+SizeBudgetOpt = typer.Option(
+    None, "--size-budget", help="Mixed precision: a weight width per layer (8, 6, 4 by layer sensitivity on the "
+    "synthetic set) so that the model's bytes are at most F × the all-8-bit model's, 0 < F <= 1. Bytes of the "
+    "int4 file (<= 4-bit weights two a byte), which a run then exports; settings: --set mp.KEY=VALUE "
+    "(docs/mixed_precision.md). Activations keep --abits.")
+RunFormatOpt = typer.Option(None, "--format", help="qdq (8-bit containers, integer kernels) or int4 (opset-21 "
+                            "INT4/UINT4); default qdq, or int4 with --size-budget (the file whose bytes it counts).")
 LimitOpt = typer.Option(None, "--limit", help="Evaluate only the first N images.")
 RunsOpt = typer.Option(50, "--latency-runs", help="Timed batch-1 runs per model.")
 
@@ -221,22 +228,64 @@ def quantize(model: Path = ModelArg, method: MethodChoice = MethodOpt, bits: int
              recipe: Optional[Path] = RecipeOpt, set_: Optional[List[str]] = SetOpt, seed: int = SeedOpt,
              device: DeviceChoice = DeviceOpt, arch: Optional[str] = ArchOpt, input_shape: Optional[str] = ShapeOpt,
              mean: Optional[str] = MeanOpt, std: Optional[str] = StdOpt, num_classes: Optional[int] = ClassesOpt,
-             trust_pickle: bool = PickleOpt, strict: bool = StrictOpt, out: Path = OutOpt):
+             trust_pickle: bool = PickleOpt, strict: bool = StrictOpt,
+             size_budget: Optional[float] = SizeBudgetOpt, out: Path = OutOpt):
     """Stage 2: zero-shot quantization (runs stage 1 if needed). Prints the run directory."""
     from .artifacts import Store
-    from .pipeline import load_stage, quantize_stage
+    from .pipeline import export_format, load_stage, method_overrides, mixed_precision_stage, quantize_stage
     store = Store(out)
+    opts = _quant_options(method, bits, wbits, abits, first_last_bits, budget, recipe, set_, seed, device, target,
+                          strict)
+    opts["overrides"], mp_overrides = method_overrides(opts["overrides"], size_budget)
+    if size_budget is not None:
+        from .quant.allocate import check_size_budget
+        check_size_budget(size_budget)  # before any work
+    mp = None
     with _progress() as progress:
         fp = load_stage(model, store=store, **_load_options(arch, input_shape, mean, std, num_classes, trust_pickle))
-        q = quantize_stage(fp, store=store, progress=progress,
-                           **_quant_options(method, bits, wbits, abits, first_last_bits, budget, recipe, set_,
-                                            seed, device, target, strict))
+        if size_budget is not None:
+            mp = mixed_precision_stage(fp, size_budget=size_budget, store=store, progress=progress,
+                                       overrides=mp_overrides,
+                                       **{k: opts[k] for k in ("scheme", "method", "budget", "recipe", "seed", "device")})
+            opts["scheme"] = mp.scheme
+        q = quantize_stage(fp, store=store, progress=progress, **opts)
     rec = (q.config_json().get("recipe") or {})
     _float_ops_note(read_json_quiet(q.dir / "quant.json"))
+    if mp is not None:
+        _print_mixed_precision(mp.plan)
+    fmt = export_format(None, mp)
     console.print(f"quantized with {q.method} ({q.scheme.tag}, target {q.scheme.target}; recipe "
-                  f"{rec.get('file', '?')} [{rec.get('budget', '?')}]); export with: zqtool export {q.dir}",
+                  f"{rec.get('file', '?')} [{rec.get('budget', '?')}]); export with: zqtool export {q.dir}"
+                  + (f" --format {fmt}" if fmt != "qdq" else ""),
                   highlight=False, soft_wrap=True, markup=False)
     typer.echo(str(q.dir))
+
+
+def _print_mixed_precision(plan) -> None:
+    """The widths a ``--size-budget`` chose (a :class:`~toolchain.reports.MixedPrecisionPlan`): one row per
+    layer with its sensitivity at each candidate, then the bytes against the budget."""
+    from rich import box
+    from rich.table import Table
+    cands = list(plan.candidates)
+    table = Table(title=f"mixed precision: {plan.label}", box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False,
+                  caption=f"sensitivity: {plan.metric} of the output with that layer alone quantized, mean over "
+                          f"{plan.images} synthetic images" + (f"; {','.join(map(str, plan.skipped))} not measured "
+                                                               f"(saves no byte in the {plan.file_format} file)"
+                                                               if plan.skipped else ""))
+    for c in ["layer", "role", "weights"] + [f"Ω({b})" for b in cands] + ["bits"]:
+        table.add_column(c, justify="left" if c in ("layer", "role") else "right")
+    for l in plan.layers:
+        errs = [f"{e:.3g}" for e in l.errors] if l.errors else ["–"] * len(cands)
+        bits = f"{l.bits}" + (f" ({l.effective_bits})" if l.effective_bits != l.bits else "") + \
+            ("" if l.allocated else " fixed")
+        table.add_row(l.name, l.role or "", f"{l.weights:,}", *errs, bits)
+    console.print(table)
+    what = (f"the {plan.file_format} file's bytes" if plan.exported
+            else f"{plan.size_model} bytes (b/8 a weight code; the {plan.file_format} file keeps 8-bit containers)")
+    console.print(f"mixed precision: {plan.estimated_bytes:,.0f} of {plan.reference_bytes:,.0f} bytes "
+                  f"({plan.ratio:.3f} ≤ budget {plan.size_budget:.3f}), counted as {what}; "
+                  f"avg {plan.avg_wbits:.2f} weight bits; bits (n): n = codes after the target's rule",
+                  highlight=False, soft_wrap=True, markup=False)
 
 
 @app.command(epilog="Example: zqtool synth ../shared/models/resnet20-12fca82f.th --arch resnet20 --png grid.png")
@@ -367,34 +416,38 @@ def run(model: Path = ModelArg, data: Path = DataOpt, method: MethodChoice = Met
         wbits: Optional[int] = WbitsOpt, abits: Optional[int] = AbitsOpt, first_last_bits: int = FLOpt,
         target: TargetChoice = TargetOpt,
         budget: BudgetChoice = BudgetOpt, recipe: Optional[Path] = RecipeOpt, set_: Optional[List[str]] = SetOpt,
-        seed: int = SeedOpt, device: DeviceChoice = DeviceOpt, fmt: FormatChoice = FormatOpt, threads: int = ThreadsOpt,
+        seed: int = SeedOpt, device: DeviceChoice = DeviceOpt, fmt: Optional[FormatChoice] = RunFormatOpt,
+        threads: int = ThreadsOpt,
         json_path: Optional[Path] = JsonOpt, limit: Optional[int] = LimitOpt, latency_runs: int = RunsOpt,
         parity_images: int = typer.Option(256, "--parity-images", help="Images for the torch-vs-ORT parity check (0: skip)."),
         arch: Optional[str] = ArchOpt, input_shape: Optional[str] = ShapeOpt, mean: Optional[str] = MeanOpt,
         std: Optional[str] = StdOpt, num_classes: Optional[int] = ClassesOpt, trust_pickle: bool = PickleOpt,
-        strict: bool = StrictOpt, out: Path = OutOpt):
+        strict: bool = StrictOpt, size_budget: Optional[float] = SizeBudgetOpt, out: Path = OutOpt):
     """All four stages: load → quantize → export → verify, plus the torch-vs-ORT parity check."""
     from .artifacts import Store
     from .pipeline import run as run_fn
     report = _run(run_fn, model, data, Store(out), method, bits, wbits, abits, first_last_bits, budget, recipe,
                   set_, seed, device, fmt, threads, limit, latency_runs, parity_images,
-                  _load_options(arch, input_shape, mean, std, num_classes, trust_pickle), target, strict)
+                  _load_options(arch, input_shape, mean, std, num_classes, trust_pickle), target, strict,
+                  size_budget)
     _write_json(json_path, report.to_dict())
 
 
 def _run(run_fn, model, data, store, method, bits, wbits, abits, fl, budget, recipe, set_, seed, device, fmt,
          threads, limit, latency_runs, parity_images, load_options, target=DEFAULT_TARGET,
-         strict: bool = False):
+         strict: bool = False, size_budget: float | None = None):
     """Run the pipeline with progress and stage lines, print its report; returns the RunReport."""
     from .verify import render_report
 
     with _progress() as progress:
         report = run_fn(model, data, load_options=load_options, fmt=_v(fmt), threads=threads, limit=limit,
                         latency_runs=latency_runs, parity_images=parity_images, store=store, progress=progress,
-                        on_stage=_stage_line(""),
+                        on_stage=_stage_line(""), size_budget=size_budget,
                         **_quant_options(method, bits, wbits, abits, fl, budget, recipe, set_, seed, device,
                                          target, strict))
     out_console.print(render_report(report.verify))
+    if report.quantize.mixed_precision is not None:
+        _print_mixed_precision(report.quantize.mixed_precision)
     console.print(_quantize_line(report.quantize), highlight=False, soft_wrap=True)
     if report.parity:
         console.print("parity torch vs onnxruntime: " + _parity_line(report.parity), highlight=False)
@@ -441,8 +494,9 @@ def compare(model: Path = ModelArg, data: Path = DataOpt,
             bits: str = typer.Option("8,6,4,3", "--bits", help="Comma-separated bit widths, weights = activations (2..8)."),
             first_last_bits: int = FLOpt, target: TargetChoice = TargetOpt, budget: BudgetChoice = BudgetOpt,
             set_: Optional[List[str]] = typer.Option(None, "--set", help="Method setting: METHOD.key=value for one method, "
-                                                     "key=value for every listed method that has it (repeatable)."),
-            seed: int = SeedOpt, device: DeviceChoice = DeviceOpt, fmt: FormatChoice = FormatOpt,
+                                                     "key=value for every listed method that has it, "
+                                                     "mp.key=value for the mixed-precision rows (repeatable)."),
+            seed: int = SeedOpt, device: DeviceChoice = DeviceOpt, fmt: Optional[FormatChoice] = RunFormatOpt,
             threads: str = typer.Option("1", "--threads", help="onnxruntime intra-op threads, comma-separated (e.g. 1,2; "
                                         "0 = onnxruntime's default: all cores): "
                                         "every pair is verified at each."),
@@ -453,7 +507,11 @@ def compare(model: Path = ModelArg, data: Path = DataOpt,
             store: Path = typer.Option(Path("runs"), "--store", help="Root directory of the cached artifacts (as --out of `run`)."),
             out: Optional[Path] = typer.Option(None, "--out", help="Where compare.json, compare.md, compare.png and reports/ "
                                                "go (default: <store>/compare/<model file name>)."),
-            no_plot: bool = typer.Option(False, "--no-plot", help="Do not write compare.png.")):
+            no_plot: bool = typer.Option(False, "--no-plot", help="Do not write compare.png."),
+            size_budget: Optional[str] = typer.Option(
+                None, "--size-budget", help="Comma-separated fractions F (e.g. 0.6,0.5): after each method × bits "
+                "pair, a mixed-precision row per F (activations at those bits, a weight width per layer so the "
+                "model's bytes are at most F × the all-8-bit model's; see `zqtool quantize --help`).")):
     """Every method × bit width through load → quantize → export → verify, one results table.
 
     Cached stages are reused, so an interrupted compare resumes where it stopped. Writes
@@ -466,20 +524,23 @@ def compare(model: Path = ModelArg, data: Path = DataOpt,
     from .artifacts import Store
     from .compare import compare as compare_fn
     from .compare import parse_methods, render_rows, split_overrides
+    from .compare.options import parse_size_budgets
     method_list = parse_methods(methods)
     overrides = split_overrides(set_, method_list)
+    size_budgets = parse_size_budgets(size_budget)
     out = out or store / "compare" / Path(model).stem
 
-    def on_pair_start(i, n, method, b):
-        console.rule(f"[{i + 1}/{n}] {method} W{b}A{b} (first/last {first_last_bits}-bit)")
+    def on_pair_start(i, n, method, b, f=None):
+        what = f"W{b}A{b}" if f is None else f"mixed precision, size budget {f:g}, A{b}"
+        console.rule(f"[{i + 1}/{n}] {method} {what} (first/last {first_last_bits}-bit)")
 
     def on_pair(row, i, n):
         if row.ok:
-            console.print(f"{row.method} W{row.wbits}A{row.abits}: top-1 {row.top1:.2f} ± "
+            console.print(f"{row.method} {row.scheme_label}: top-1 {row.top1:.2f} ± "
                           f"{row.top1_stderr:.2f} (FP32 {row.fp32_top1:.2f}), {row.pair_wall_s:.1f} s",
                           highlight=False)
         else:
-            console.print(f"[red]✗[/] {row.method} W{row.wbits}A{row.abits} failed: {row.error}",
+            console.print(f"[red]✗[/] {row.method} {row.scheme_label} failed: {row.error}",
                           highlight=False, soft_wrap=True)
 
     with _progress() as progress:
@@ -490,7 +551,7 @@ def compare(model: Path = ModelArg, data: Path = DataOpt,
                             parity_images=parity_images, store=Store(store), plot=not no_plot,
                             command=shlex.join(["zqtool", *sys.argv[1:]]) if sys.argv[1:2] == ["compare"] else None,
                             progress=progress, on_stage=_stage_line("  "), on_pair_start=on_pair_start,
-                            on_pair=on_pair)
+                            on_pair=on_pair, size_budgets=size_budgets)
     rows = result.rows
     out_console.print(render_rows(rows))
     for w in result.warnings:
@@ -502,7 +563,7 @@ def compare(model: Path = ModelArg, data: Path = DataOpt,
     failed = [r for r in rows if r.status == "failed"]
     if failed:
         console.print(f"[bold red]{len(failed)} of {len(rows)} pairs failed[/] (rows marked failed): "
-                      + "; ".join(f"{r.method} W{r.wbits}A{r.abits}: {r.error}" for r in failed),
+                      + "; ".join(f"{r.method} {r.scheme_label}: {r.error}" for r in failed),
                       highlight=False, soft_wrap=True)
         raise typer.Exit(1)
 

@@ -245,6 +245,7 @@ def quantize_stage(fp: FPArtifact, *, method: str = "bnstat", scheme: QuantSchem
 
     reused: dict[str, float] = {}  # cached artifacts this run reused → seconds they took to build
     cached = _synth_cache(store, fp, seed, reused)
+    run_cfg, schedule = _fit_schedule(cls, cfg, scheme, teacher, fp, seed, dev, store, progress)
 
     from .methods.recipes import recipe_origin
     recipe_used = {"file": recipe_origin(method, recipe), "budget": budget}
@@ -254,17 +255,20 @@ def quantize_stage(fp: FPArtifact, *, method: str = "bnstat", scheme: QuantSchem
         ctx = MethodContext(teacher=teacher, qmodel=qmodel, meta=fp.meta, scheme=scheme, device=dev,
                             seed=seed, workdir=store.root / "work" / key, progress=progress, cached=cached)
         t0 = time.perf_counter()
-        qmodel = cls(cfg).quantize(ctx)
+        qmodel = cls(run_cfg).quantize(ctx)
         wall = time.perf_counter() - t0
         qmodel = qmodel.cpu().eval()
         torch.save(qmodel.state_dict(), d / "quantized.pt")
         # wall_s: this run; method_s: what the method costs from scratch (cached artifacts' build time added)
         method_s = wall + sum(reused.values())
+        sched = None if schedule is None else {**schedule.to_dict(), "wall_s": round(wall, 1)}
         write_json(d / "quant.json", {"method": method, "scheme": scheme.to_dict(), "recipe": recipe_used,
-                                      "method_config": cfg_dict, "wall_s": wall, "method_s": method_s,
+                                      "method_config": dataclasses.asdict(run_cfg), "schedule": sched,
+                                      "wall_s": wall, "method_s": method_s,
                                       "reused": reused, "device": str(dev), "float_ops": float_ops,
                                       "unknown_ops": unknown_ops, "quantizers": qmodel.summary()})
-        write_json(d / "log.json", {"wall_s": wall, "method_s": method_s, "recipe": recipe_used, **ctx.log})
+        write_json(d / "log.json", {"wall_s": wall, "method_s": method_s, "recipe": recipe_used,
+                                    "schedule": sched, **ctx.log})
     return QArtifact.open(store.path(Q_STAGE, key))
 
 
@@ -288,6 +292,32 @@ def preserved_rng():
             np.random.set_state(npy)
 
 
+def _fit_schedule(cls, cfg, scheme: QuantScheme, teacher, fp: FPArtifact, seed: int, dev, store: Store, progress):
+    """(the config to run, its :class:`~toolchain.methods.schedule.SchedulePlan` or None): with long
+    phases, one timed FP pass estimates the duration and a ``time_budget`` lowers the phases' settings
+    to fit (:func:`~toolchain.methods.schedule.fit_schedule`); the plan is printed before the work."""
+    from .methods.schedule import fit_schedule, parse_duration, probe_pass_seconds
+    from .progress import say
+
+    def is_cached(kind: str, k: dict) -> bool:
+        return store.done(SYNTH_STAGE, _synth_key(fp, kind, k, seed))
+
+    def phases_of(c):
+        return cls(c).phases(scheme, is_cached)
+
+    if not any(not p.cached for p in phases_of(cfg)):
+        return cfg, None
+    with preserved_rng():
+        pass_s = probe_pass_seconds(teacher, fp.meta.input_shape, dev)
+    run_cfg, plan = fit_schedule(cfg, phases_of, parse_duration(cfg.time_budget), pass_s)
+    say(progress, plan.summary())
+    return run_cfg, plan
+
+
+def _synth_key(fp: FPArtifact, kind: str, k: dict, seed: int) -> str:
+    return content_key({"stage": SYNTH_STAGE, "fp": fp.key, "kind": kind, "config": k, "seed": seed})
+
+
 def _synth_cache(store: Store, fp: FPArtifact, seed: int, reused: dict, built: dict | None = None):
     """``MethodContext.cached``: artifacts under ``synth/<key>/images.pt`` keyed on the FP model,
     the kind, the settings and the seed. ``reused[kind/key]`` gets the build seconds of each reused
@@ -295,7 +325,7 @@ def _synth_cache(store: Store, fp: FPArtifact, seed: int, reused: dict, built: d
     import torch
 
     def cached(kind: str, k: dict, build):
-        skey = content_key({"stage": SYNTH_STAGE, "fp": fp.key, "kind": kind, "config": k, "seed": seed})
+        skey = _synth_key(fp, kind, k, seed)
         d = store.path(SYNTH_STAGE, skey)
         if built is not None:
             built[kind] = d
@@ -350,12 +380,142 @@ def synth_stage(fp: FPArtifact, *, method: str = "gznq", budget: str = "cpu", re
     return SynthArtifact(next(iter(built.values())), images, labels, fp.meta)
 
 
+# --------------------------------------------------------------------------- mixed precision
+MP_STAGE = "mp"
+#: bumped when the same settings measure different sensitivities or file sizes (invalidates cached ones)
+SENSITIVITY_VERSION = 1
+
+
+@dataclass(frozen=True)
+class MPArtifact:
+    """A ``--size-budget`` plan: the scheme with per-layer weight widths (``scheme.layer_wbits``) and
+    the typed plan (:class:`~toolchain.reports.MixedPrecisionPlan`); ``dir`` holds the cached
+    sensitivities and file size it was made from (``mp/<key>/sensitivity.json``)."""
+
+    dir: Path
+    key: str
+    scheme: QuantScheme
+    plan: object
+
+
+def mixed_precision_stage(fp: FPArtifact, *, size_budget: float, scheme: QuantScheme | None = None,
+                          method: str = "bnstat", budget: str = "cpu", recipe: str | Path | None = None,
+                          overrides: dict | None = None, seed: int = 0, device: str = "auto",
+                          store: Store | None = None, progress=null_progress) -> MPArtifact:
+    """Data-free mixed precision (:mod:`toolchain.methods.sensitivity`): per-layer sensitivities on the
+    ZeroQ synthetic set and the all-8-bit file's bytes (cached as ``mp/<key>``, keyed by the FP model,
+    the scheme's activation widths and target, the ``mp.`` settings with their synthetic set, and the
+    seed), then the widths that fit ``size_budget`` × the all-8-bit model's bytes (not cached: cheap).
+
+    ``overrides``: the run's ``--set`` values; the ``mp.`` ones are read here (the method's own pick the
+    synthetic set when the method is bnstat). Leaves the caller's random streams as they were.
+
+    Raises:
+        ConfigError: ``size_budget`` outside (0, 1] or below what the lowest widths allow; a bad setting.
+        UnsupportedModelError: the model has no BatchNorm (the ZeroQ set needs its statistics).
+    """
+    from .methods.sensitivity import mixed_precision_config, plan, split_overrides
+    from .quant.allocate import check_size_budget
+    from .quant.size import get_size_model
+    check_size_budget(size_budget)
+    store = store or Store()
+    base = dataclasses.replace(scheme or QuantScheme(), layer_wbits=())
+    method_overrides, mp_overrides = split_overrides(overrides)
+    mp_cfg = mixed_precision_config(method_config(method, budget, recipe, method_overrides)[1], budget, mp_overrides)
+    size_model = get_size_model(mp_cfg.size_model)
+    key = content_key({"stage": MP_STAGE, "fp": fp.key, "config": dataclasses.asdict(mp_cfg), "seed": seed,
+                       "scheme": {k: v for k, v in base.to_dict().items() if k != "wbits"},
+                       "version": SENSITIVITY_VERSION})
+    if not store.done(MP_STAGE, key):
+        with preserved_rng():
+            _measure_sensitivity(fp, base, mp_cfg, size_model.file_format, key, seed, device, store, progress)
+    from .methods.sensitivity import SensitivityResult
+    d = store.path(MP_STAGE, key)
+    saved = read_json(d / "sensitivity.json")
+    sens = SensitivityResult.from_dict(saved["sensitivity"])
+    new_scheme, mp = plan(sens, base, size_budget, size_model=size_model.name, file_bytes=saved["file_bytes"])
+    mp = dataclasses.replace(mp, sensitivity_dir=str(d), sensitivity_s=saved.get("build_s"))
+    return MPArtifact(d, key, new_scheme, mp)
+
+
+def method_overrides(overrides: dict | None, size_budget: float | None) -> tuple[dict, dict]:
+    """(the method's ``--set`` values, all of them) for a run with or without ``size_budget``: the
+    ``mp.`` ones go to :func:`mixed_precision_stage` only.
+
+    Raises:
+        ConfigError: ``mp.`` settings without a size budget.
+    """
+    from .methods.sensitivity import MP_PREFIX
+    overrides = dict(overrides or {})
+    mp_keys = [k for k in overrides if k.startswith(MP_PREFIX)]
+    if mp_keys and size_budget is None:
+        raise ConfigError(f"--set {mp_keys[0]}=… is a mixed-precision setting and there is no --size-budget",
+                          "add --size-budget F (e.g. 0.6), or drop the mp. settings")
+    return {k: v for k, v in overrides.items() if not k.startswith(MP_PREFIX)}, overrides
+
+
+def export_format(fmt: str | None, mp: MPArtifact | None) -> str:
+    """The export format of a run: ``fmt`` when given; else the one whose file holds the bytes the size
+    budget counted (``int4`` for the ``int4`` size model), else ``qdq``."""
+    if fmt is not None:
+        return fmt
+    return mp.plan.file_format if mp is not None and mp.plan.exported else "qdq"
+
+
+def _measure_sensitivity(fp: FPArtifact, scheme: QuantScheme, cfg, file_format: str, key: str, seed: int,
+                         device: str, store: Store, progress) -> None:
+    """Build ``mp/<key>``: the synthetic set (cached as bnstat's), the sensitivities and the bytes of the
+    all-8-bit model written in ``file_format`` (calibrated min-max on the synthetic images)."""
+    from .export.onnx_writer import written_bytes
+    from .methods.bnstat import synthetic_set
+    from .methods.checkpoint import Checkpointer
+    from .methods.registry import MethodContext
+    from .methods.sensitivity import measure_sensitivity
+    from .graph.ops import has_batchnorm
+    from .quant.calibrate import calibrate, set_input_range
+    from .quant.rewrite import fp_graph_module, quantize_graph
+    dev = resolve_device(device)
+    program = fp.program()
+    if not has_batchnorm(program):
+        raise UnsupportedModelError("--size-budget measures layer sensitivity on a ZeroQ synthetic set, which "
+                                    "needs BatchNorm statistics, and this model has no BatchNorm layer",
+                                    "drop --size-budget; if the BatchNorms were folded, load the unfolded checkpoint")
+    seed_everything(seed)  # the synthetic set a method with this seed would build
+    workdir = store.root / "work" / key
+    ctx = MethodContext(teacher=fp_graph_module(program).to(dev).eval(), qmodel=None, meta=fp.meta, scheme=scheme,
+                        device=dev, seed=seed, workdir=workdir, progress=progress,
+                        cached=_synth_cache(store, fp, seed, {}))
+    images = synthetic_set(ctx, cfg.synthesis)
+    t0 = time.perf_counter()
+    ckpt = Checkpointer(workdir, "sensitivity.ckpt", {"key": key})
+    sens = measure_sensitivity(program, scheme, images, cfg, device=dev, progress=progress, checkpointer=ckpt)
+    task = progress(f"measuring the all-8-bit {file_format} file's bytes", 1)
+    try:
+        ref = quantize_graph(program, dataclasses.replace(scheme, layer_wbits=tuple((l.name, 8) for l in sens.layers)))
+        x = images[: cfg.images]
+        skip = ["act_quant.input"] if set_input_range(ref, fp.meta.mean, fp.meta.std) else []
+        calibrate(ref.eval(), [x[i:i + cfg.batch_size] for i in range(0, len(x), cfg.batch_size)], "minmax", skip=skip)
+        # with the metadata export_stage adds (values of typical length), so the bytes are the exported file's
+        file_bytes = written_bytes(ref, fp.meta, fmt=file_format, extra_props={
+            "zqtool.method": "bnstat", "zqtool.scheme": "w4-8a8-mp", "zqtool.target": scheme.target})
+        task.advance(1)
+    finally:
+        task.close()
+    with store.build(MP_STAGE, key, {"fp": fp.key, "scheme": scheme.to_dict(), "config": dataclasses.asdict(cfg),
+                                     "seed": seed, "build_s": time.perf_counter() - t0}) as d:
+        write_json(d / "sensitivity.json", {"sensitivity": sens.to_dict(), "file_format": file_format,
+                                            "file_bytes": file_bytes, "build_s": time.perf_counter() - t0})
+    ckpt.clear()
+
+
 # --------------------------------------------------------------------------- stage 3
 EXPORT_FORMATS = ("qdq", "int4")
 #: bumped when the ONNX written for the same quantized model changes (invalidates cached exports);
 #: 2: the FP32 reference comes from the FP program, not from the (possibly fine-tuned) quantized model;
-#: 3: residual adds of the portable target are written as Sum (float on every CPU), not fused to QLinearAdd
-EXPORT_WRITER_VERSION = 3
+#: 3: residual adds of the portable target are written as Sum (float on every CPU), not fused to QLinearAdd;
+#: 4: INT4/UINT4 initializers as packed raw bytes (two codes a byte), zero points shared by value (int4 files
+#: 25% smaller at W4; qdq files hold the same tensors, only onnxsim's names of folded constants differ)
+EXPORT_WRITER_VERSION = 4
 
 
 def export_stage(q: QArtifact, *, fmt: str = "qdq", store: Store | None = None,
@@ -445,8 +605,8 @@ def parity_stage(q: QArtifact, onnx: OnnxArtifact, data: str | Path, *, n_images
 
 # --------------------------------------------------------------------------- all four
 #: the store folder each stage of :func:`run` writes (its ``on_stage`` names)
-RUN_STAGES = {"load": FP_STAGE, "quantize": Q_STAGE, "export": ONNX_STAGE, "verify": VERIFY_STAGE,
-              "parity": PARITY_STAGE}
+RUN_STAGES = {"load": FP_STAGE, "mixed": MP_STAGE, "quantize": Q_STAGE, "export": ONNX_STAGE,
+              "verify": VERIFY_STAGE, "parity": PARITY_STAGE}
 
 
 def _stored(store: Store, stage: str) -> set[str]:
@@ -457,14 +617,18 @@ def _stored(store: Store, stage: str) -> set[str]:
 
 def run(model: str | Path, data: str | Path, *, load_options: dict | None = None, method: str = "bnstat",
         scheme: QuantScheme | None = None, budget: str = "cpu", recipe=None, overrides=None, seed: int = 0,
-        device: str = "auto", fmt: str = "qdq", threads: int = 1, limit: int | None = None,
+        device: str = "auto", fmt: str | None = "qdq", threads: int = 1, limit: int | None = None,
         latency_runs: int = 50, parity_images: int = 256, store: Store | None = None, strict: bool = False,
-        progress=null_progress, on_stage=None) -> RunReport:
+        size_budget: float | None = None, progress=null_progress, on_stage=None) -> RunReport:
     """Chain load → quantize → export → verify (+ parity); every stage is cached.
 
     ``on_stage(name, result, cached: bool, seconds)`` is called after each stage (for the CLI's log
     lines; ``name`` one of :data:`RUN_STAGES`, ``result`` what the stage returned); ``cached`` is True
     when the stage built nothing and its result was read from the store.
+
+    ``size_budget`` F: mixed precision (:func:`mixed_precision_stage`, stage ``"mixed"`` before
+    quantize): per-layer weight widths within F × the all-8-bit model's bytes, ``--set mp.…`` settings
+    in ``overrides``; ``fmt`` None exports the format whose bytes the budget counted (:func:`export_format`).
 
     Returns:
         a :class:`~toolchain.reports.RunReport`: the verify report (its warnings extended with
@@ -483,9 +647,19 @@ def run(model: str | Path, data: str | Path, *, load_options: dict | None = None
         note(name, out, cached_stages[name], time.perf_counter() - t0)
         return out
 
+    overrides, mp = method_overrides(overrides, size_budget), None
+    if size_budget is not None:
+        from .quant.allocate import check_size_budget
+        check_size_budget(size_budget)  # before any work
     fp = timed("load", lambda: load_stage(model, store=store, progress=progress, **(load_options or {})))
+    if size_budget is not None:
+        mp = timed("mixed", lambda: mixed_precision_stage(
+            fp, size_budget=size_budget, scheme=scheme, method=method, budget=budget, recipe=recipe,
+            overrides=overrides[1], seed=seed, device=device, store=store, progress=progress))
+        scheme = mp.scheme
+    fmt = export_format(fmt, mp)
     q = timed("quantize", lambda: quantize_stage(fp, method=method, scheme=scheme, budget=budget,
-                                                 recipe=recipe, overrides=overrides, seed=seed,
+                                                 recipe=recipe, overrides=overrides[0], seed=seed,
                                                  device=device, store=store, strict=strict,
                                                  progress=progress))
     onnx = timed("export", lambda: export_stage(q, fmt=fmt, store=store, progress=progress))
@@ -504,7 +678,8 @@ def run(model: str | Path, data: str | Path, *, load_options: dict | None = None
         method=method, budget=budget, recipe=Recipe.from_dict(qlog["recipe"]) if qlog.get("recipe") else None,
         cached=cached_stages["quantize"], scheme=q.scheme.to_dict(), seed=seed, wall_s=qlog.get("wall_s"),
         method_s=qlog.get("method_s"), reused=qlog.get("reused", {}), device=qlog.get("device"),
-        float_ops=qlog.get("float_ops", {}), unknown_ops=qlog.get("unknown_ops", {}))
+        float_ops=qlog.get("float_ops", {}), unknown_ops=qlog.get("unknown_ops", {}),
+        mixed_precision=None if mp is None else mp.plan)
     artifacts = Artifacts(fp=str(fp.dir), q=str(q.dir), onnx=str(onnx.dir), qdq=str(onnx.qdq_path),
                           fp32=str(onnx.fp32_path))
     return RunReport(verify=dataclasses.replace(report, warnings=tuple(warnings_)), quantize=quantize,

@@ -2,7 +2,7 @@
 
 The library never draws: the CLI passes :func:`rich_progress`'s factory, tests pass nothing
 (:func:`null_progress`). A task has ``advance(n=1, **fields)`` (fields such as ``loss`` are
-shown beside the bar) and ``close()``.
+shown beside the bar) and ``close()``. :func:`say` prints a line above the bars (a plan, a note).
 """
 
 from __future__ import annotations
@@ -45,7 +45,17 @@ def rich_progress(console=None):
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
                   console=console, transient=True) as p:
-        yield lambda description, total=None: _RichTask(p, description, total)
+        def factory(description, total=None):
+            return _RichTask(p, description, total)
+        factory.say = p.console.print
+        yield factory
+
+
+def say(progress, message: str) -> None:
+    """Print ``message`` above the bars of ``progress`` when it draws (its ``say``); else nothing."""
+    fn = getattr(progress, "say", None)
+    if fn is not None:
+        fn(message)
 
 
 def advance_hook(progress):

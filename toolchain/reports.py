@@ -72,13 +72,75 @@ class Recipe(Record):
 
 
 @dataclass(frozen=True)
+class LayerWidth(Record):
+    """One layer of a mixed-precision plan: ``name`` (module path), ``role`` ("", "first", "last",
+    "first+last"), ``weights`` (codes), ``allocated`` (its width was chosen, else kept at its role's),
+    ``bits`` (the width asked), ``effective_bits`` (after the target's rule: 7 for 8 on ``portable``
+    where 8-bit codes could saturate), ``bytes`` its codes count under the size model, ``errors`` its
+    sensitivity at each of the plan's ``candidates`` (empty when not allocated)."""
+
+    name: str
+    role: str
+    weights: int
+    allocated: bool
+    bits: int
+    effective_bits: int
+    bytes: float
+    errors: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class MixedPrecisionPlan(Record):
+    """The weight widths ``--size-budget`` chose (:func:`toolchain.methods.sensitivity.plan`).
+
+    Sizes in bytes, counted by the size model ``size_model`` (:mod:`toolchain.quant.size`) on files
+    of export format ``file_format``; ``exported``: the exported file of that format holds exactly these
+    bytes (``int4``), else they are a count (``packed``: b/8 bytes a code). ``reference_bytes``: the
+    all-8-bit model's; ``budget_bytes`` = ``size_budget`` × that; ``estimated_bytes`` (≤ the budget)
+    and ``ratio`` (= estimated / reference): the chosen model's. ``avg_wbits``: weight bits averaged
+    over the weights (effective widths). ``error``: the summed sensitivity (``metric``, measured on
+    ``images`` synthetic images at the widths ``candidates``; ``skipped`` candidates save no byte under
+    the size model and were not measured). ``layers``: one :class:`LayerWidth` per Conv/Linear layer,
+    graph order. ``sensitivity_dir``: the cached measurements; ``sensitivity_s``: seconds they took.
+    """
+
+    size_budget: float
+    size_model: str
+    file_format: str
+    exported: bool
+    reference_bytes: float
+    budget_bytes: float
+    estimated_bytes: float
+    ratio: float
+    avg_wbits: float
+    error: float
+    metric: str
+    candidates: tuple[int, ...]
+    skipped: tuple[int, ...]
+    images: int
+    layers: tuple[LayerWidth, ...]
+    sensitivity_dir: str | None = omitted_if_none()
+    sensitivity_s: float | None = omitted_if_none()
+
+    @property
+    def label(self) -> str:
+        """Short form for tables: ``mp 0.60 (avg 5.1 b)``."""
+        return f"mp {self.size_budget:.2f} (avg {self.avg_wbits:.1f} b)"
+
+    def widths(self) -> dict[str, int]:
+        """Layer path → the width asked."""
+        return {l.name: l.bits for l in self.layers}
+
+
+@dataclass(frozen=True)
 class QuantizeSection(Record):
     """The run report's ``quantize`` section: how the quantized model was made (``quant.json``).
 
     ``cached``: read from the store, not built by this run; ``wall_s``: the method's run when it was
     built; ``method_s``: its cost from scratch (reused cached artifacts' build seconds added, per
     artifact in ``reused``); ``scheme``: :meth:`~toolchain.quant.scheme.QuantScheme.to_dict`;
-    ``float_ops`` / ``unknown_ops``: op → count run in float between DequantizeLinear and QuantizeLinear.
+    ``float_ops`` / ``unknown_ops``: op → count run in float between DequantizeLinear and QuantizeLinear;
+    ``mixed_precision``: the :class:`MixedPrecisionPlan` of a ``--size-budget`` run (absent otherwise).
     """
 
     method: str
@@ -93,6 +155,7 @@ class QuantizeSection(Record):
     device: str | None
     float_ops: dict[str, int]
     unknown_ops: dict[str, int]
+    mixed_precision: MixedPrecisionPlan | None = omitted_if_none()
 
 
 @dataclass(frozen=True)

@@ -60,11 +60,26 @@ def parse_threads(text: str | Sequence) -> list[int]:
     return _ints(text, "threads", 0, None)
 
 
+def parse_size_budgets(text: str | Sequence | None) -> list[float]:
+    """``"0.6,0.5"`` → ``[0.6, 0.5]``: the ``--size-budget`` fractions a compare adds mixed-precision rows
+    for (none for None or an empty string).
+
+    Raises:
+        ConfigError: a value that is not a number in (0, 1].
+    """
+    from ..quant.allocate import check_size_budget
+    if text is None or (isinstance(text, str) and not text.strip()):
+        return []
+    items = [t.strip() for t in text.split(",") if t.strip()] if isinstance(text, str) else list(text)
+    return list(dict.fromkeys(check_size_budget(t) for t in items))
+
+
 def split_overrides(items: Iterable[str] | None, methods: Sequence[str]) -> dict[str, dict]:
     """Route ``--set`` items to methods: ``METHOD.key=value`` sets ``key`` of that method only;
-    ``key=value`` sets it on every listed method whose config has ``key``. A method-specific
-    value wins over a plain one. Items for a registered method not in ``methods`` are ignored
-    (so a script may keep them while its method list is overridden).
+    ``key=value`` sets it on every listed method whose config has ``key``; ``mp.key=value`` (a
+    mixed-precision setting, :mod:`toolchain.methods.sensitivity`) goes to every method's runs as is.
+    A method-specific value wins over a plain one. Items for a registered method not in ``methods``
+    are ignored (so a script may keep them while its method list is overridden).
 
     Returns:
         ``{method: {key: value-string}}`` for every method in ``methods``.
@@ -78,7 +93,10 @@ def split_overrides(items: Iterable[str] | None, methods: Sequence[str]) -> dict
     per: dict[str, dict] = {m: {} for m in methods}
     plain, specific = {}, []
     for k, v in parse_overrides(list(items or [])).items():
-        if "." in k:
+        if k.startswith("mp."):
+            for m in methods:
+                per[m][k] = v
+        elif "." in k:
             specific.append((k, v))
         else:
             plain[k] = v

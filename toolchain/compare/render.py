@@ -17,8 +17,11 @@ def _f(v, fmt: str = ".2f", none: str = "–") -> str:
     return none if v is None else format(v, fmt)
 
 
-def _scheme_tag(wbits: int, abits: int, fl: int) -> str:
-    return f"W{wbits}A{abits} ({fl})"
+def _scheme_tag(r: CompareRow) -> str:
+    """``W4A4 (8)``; a mixed-precision row ``mp 0.60 (avg 5.1 b), A8 (8)``."""
+    if r.mixed:
+        return f"{r.weights_label}, A{r.abits} ({r.first_last_bits})"
+    return f"W{r.wbits}A{r.abits} ({r.first_last_bits})"
 
 
 def _thread_counts(rows: Sequence[CompareRow]) -> list[int]:
@@ -35,7 +38,8 @@ def _parity_cell(r: CompareRow) -> str:
 def markdown_table(rows: Sequence[CompareRow]) -> str:
     """The README results table (markdown) of ``rows`` (ok, failed and pending alike), in order.
 
-    Columns: model, method, W/A (first/last), FP32 top-1, QDQ top-1 ± 1 s.e., Δ top-1 (QDQ −
+    Columns: model, method, W/A (first/last; a mixed-precision row: its size budget and average weight
+    bits), FP32 top-1, QDQ top-1 ± 1 s.e., Δ top-1 (QDQ −
     FP32), agree %, integer convs, quantize s (from scratch), one ``p50 ms FP32 → QDQ (ratio)``
     column per thread count found in the rows, MB FP32 → QDQ, parity (ORT opt off / on).
     """
@@ -45,7 +49,7 @@ def markdown_table(rows: Sequence[CompareRow]) -> str:
            ["MB FP32 → QDQ", "parity (opt off / on)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        lead = [str(r.model), str(r.method), _scheme_tag(r.wbits, r.abits, r.first_last_bits)]
+        lead = [str(r.model), str(r.method), _scheme_tag(r)]
         if not r.ok:
             what = r.status + (f": {r.error}" if r.error else "")
             cells = lead + [_f(r.fp32_top1), what.replace("|", "\\|").replace("\n", " ")] + \
@@ -97,7 +101,10 @@ def compare_markdown(result: CompareResult) -> str:
               "",
               f"Settings: model `{result.model}`, data `{result.data}`{limit}, budget {s.budget}, "
               f"seed {s.seed}, "
-              f"first/last layer {s.first_last_bits}-bit, format {s.format}, "
+              f"first/last layer {s.first_last_bits}-bit, format {s.format}"
+              + (" (qdq; mixed-precision rows: the file their size budget counts)" if s.format == "auto" else "")
+              + (f", mixed-precision rows at size budgets {', '.join(f'{f:g}' for f in s.size_budgets)}"
+                 if s.size_budgets else "") + ", "
               f"{s.latency_runs} latency runs, parity on {s.parity_images} images"
               + (f", settings {overrides}" if overrides else "") + ".",
               "",
@@ -125,14 +132,18 @@ def write_plot(rows: Sequence[CompareRow], path: str | Path, *, model_name: str,
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     for method in dict.fromkeys(r.method for r in ok):
-        pts = sorted((r.wbits, r.top1, r.top1_stderr or 0.0) for r in ok if r.method == method)
-        xs, ys, es = zip(*pts)
-        ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=method)
+        for mixed in (False, True):  # mixed-precision rows at their average weight bits, a series of their own
+            pts = sorted((r.avg_wbits if mixed else r.wbits, r.top1, r.top1_stderr or 0.0)
+                         for r in ok if r.method == method and r.mixed == mixed)
+            if pts:
+                xs, ys, es = zip(*pts)
+                ax.errorbar(xs, ys, yerr=es, marker="s" if mixed else "o", capsize=3,
+                            linestyle=":" if mixed else "-", label=f"{method} mixed (avg weight bits)" if mixed else method)
     fps = [r.fp32_top1 for r in ok if r.fp32_top1 is not None]
     if fps:
         fp = sum(fps) / len(fps)
         ax.axhline(fp, color="black", linestyle="--", linewidth=1, label=f"FP32 ({fp:.2f}%)")
-    ax.set_xticks(sorted({r.wbits for r in rows}))
+    ax.set_xticks(sorted({r.wbits for r in rows if not r.mixed} or {r.abits for r in rows}))
     ax.set_xlabel(f"bits (weights = activations; first/last layer {first_last_bits}-bit)")
     ax.set_ylabel("top-1 % (± 1 s.e.)")
     ax.set_title(f"{model_name}: QDQ top-1 on onnxruntime, {ok[0].n_images} images", fontsize=10)
@@ -158,7 +169,7 @@ def render_rows(rows: Sequence[CompareRow]):
     for i, c in enumerate(cols):
         table.add_column(c, justify="left" if i < 2 else "right", no_wrap=i < 2)
     for r in rows:
-        lead = [str(r.method), f"W{r.wbits}A{r.abits}"]
+        lead = [str(r.method), r.scheme_label]
         if not r.ok:
             style = "red" if r.status == "failed" else "dim"
             table.add_row(*lead, _f(r.fp32_top1), f"[{style}]{r.status}[/]", *[""] * (len(cols) - 4))

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..verify.results import Record
+from ..verify.results import Record, omitted_if_none
 from .row import CompareRow
 
 JSON_NAME, MD_NAME, PNG_NAME, REPORTS_DIR = "compare.json", "compare.md", "compare.png", "reports"
@@ -17,7 +17,9 @@ JSON_NAME, MD_NAME, PNG_NAME, REPORTS_DIR = "compare.json", "compare.md", "compa
 @dataclass(frozen=True)
 class CompareSettings(Record):
     """The options a compare ran with (``compare.json``'s ``settings``); ``overrides`` is
-    ``{method: {key: value}}``, ``store`` the artifact store's root."""
+    ``{method: {key: value}}``, ``store`` the artifact store's root; ``size_budgets`` the
+    ``--size-budget`` fractions of the mixed-precision rows (absent when none; ``format`` is then
+    ``auto``: qdq, and the size model's file for those rows, unless ``--format`` was given)."""
 
     methods: tuple[str, ...]
     bits: tuple[int, ...]
@@ -33,6 +35,7 @@ class CompareSettings(Record):
     latency_runs: int
     parity_images: int
     store: str
+    size_budgets: tuple[float, ...] | None = omitted_if_none()
 
 
 @dataclass(frozen=True)

@@ -50,6 +50,11 @@ class CompareRow(Record):
     ``latency`` one :class:`LatencyRow` per thread count; ``bytes_fp32`` / ``bytes_qdq`` the ONNX
     file sizes. Fields after ``error`` are measured (a ``failed`` or ``pending`` row has none of them
     in its JSON); a failed row has ``error`` and ``error_type``; ``pair_wall_s`` is set once the pair ran.
+
+    A mixed-precision row (``--size-budget``) has ``size_budget`` (F) and ``wbits`` None; once measured,
+    ``avg_wbits`` (weight bits averaged over the weights), ``mp_bytes`` / ``mp_ratio`` (the bytes the
+    size model ``mp_size_model`` counts and their fraction of the all-8-bit model's) and ``mp_widths``
+    (layer → bits). Uniform rows have none of these keys.
     """
 
     model: str | None
@@ -81,6 +86,12 @@ class CompareRow(Record):
     artifacts: Artifacts | None = measured()
     error_type: str | None = omitted_if_none()
     pair_wall_s: float | None = omitted_if_none()
+    size_budget: float | None = omitted_if_none()
+    avg_wbits: float | None = omitted_if_none()
+    mp_bytes: float | None = omitted_if_none()
+    mp_ratio: float | None = omitted_if_none()
+    mp_size_model: str | None = omitted_if_none()
+    mp_widths: dict[str, int] | None = omitted_if_none()
 
     def __post_init__(self):
         if self.status not in STATUSES:
@@ -89,6 +100,23 @@ class CompareRow(Record):
     @property
     def ok(self) -> bool:
         return self.status == "ok"
+
+    @property
+    def mixed(self) -> bool:
+        """A mixed-precision (``--size-budget``) row."""
+        return self.size_budget is not None
+
+    @property
+    def weights_label(self) -> str:
+        """``W4`` for a uniform row; ``mp 0.60 (avg 5.1 b)`` (``mp 0.60`` before it ran) for a mixed one."""
+        if not self.mixed:
+            return f"W{self.wbits}"
+        return f"mp {self.size_budget:.2f}" + (f" (avg {self.avg_wbits:.1f} b)" if self.avg_wbits is not None else "")
+
+    @property
+    def scheme_label(self) -> str:
+        """``W4A4``, or ``mp 0.60 (avg 5.1 b) A8`` for a mixed-precision row."""
+        return f"{self.weights_label} A{self.abits}" if self.mixed else f"W{self.wbits}A{self.abits}"
 
     def to_dict(self) -> dict[str, Any]:
         d = super().to_dict()
@@ -99,10 +127,12 @@ class CompareRow(Record):
         return d
 
 
-def pending_row(model: str, method: str, bits: int, first_last_bits: int) -> CompareRow:
-    """The row of a pair not run yet (W = A = ``bits``)."""
-    return CompareRow(model=model, method=method, wbits=bits, abits=bits, first_last_bits=first_last_bits,
-                      status="pending")
+def pending_row(model: str, method: str, bits: int, first_last_bits: int,
+                size_budget: float | None = None) -> CompareRow:
+    """The row of a pair not run yet (W = A = ``bits``; with ``size_budget``, A = ``bits`` and the weights
+    mixed within that budget)."""
+    return CompareRow(model=model, method=method, wbits=bits if size_budget is None else None, abits=bits,
+                      first_last_bits=first_last_bits, status="pending", size_budget=size_budget)
 
 
 def row_from_reports(reports: Sequence[RunReport], model: str | None = None) -> CompareRow:
@@ -118,24 +148,27 @@ def row_from_reports(reports: Sequence[RunReport], model: str | None = None) -> 
     """
     r = reports[0]
     v, q, s = r.verify, r.quantize, r.quantize.scheme
+    mp = q.mixed_precision
     fp, qt = v.fp32.top1, v.quantized.top1
     latency = tuple(LatencyRow.of(rep.verify.latency_ms)
                     for rep in sorted(reports, key=lambda x: x.verify.latency_ms.threads))
     return CompareRow(
-        model=model or v.meta.arch, method=q.method, wbits=s["wbits"], abits=s["abits"],
+        model=model or v.meta.arch, method=q.method, wbits=s["wbits"] if mp is None else None, abits=s["abits"],
         first_last_bits=s["first_last_bits"], status="ok", error=None, n_images=v.n_images,
         fp32_top1=fp, top1=qt, top1_stderr=v.top1_stderr, top1_drop=None if fp is None else fp - qt,
         agreement_top1=v.agreement_top1, fp32_top5=v.fp32.top5, top5=v.quantized.top5,
         conv_integer=v.integer_ops.conv_integer, conv_total=v.integer_ops.conv_total,
         quantize_wall_s=q.wall_s, quantize_method_s=q.method_s, budget=q.budget, device=q.device,
         latency=latency, bytes_fp32=v.bytes.fp32, bytes_qdq=v.bytes.quantized, parity=r.parity,
-        ort_version=v.ort_version, artifacts=r.artifacts)
+        ort_version=v.ort_version, artifacts=r.artifacts,
+        **({} if mp is None else dict(size_budget=mp.size_budget, avg_wbits=mp.avg_wbits, mp_bytes=mp.estimated_bytes,
+                                      mp_ratio=mp.ratio, mp_size_model=mp.size_model, mp_widths=mp.widths())))
 
 
 def load_rows(paths: Iterable[str | Path]) -> list[CompareRow]:
     """Rows from ``compare.json`` files (in their order) and ``zqtool run --json`` reports
-    (grouped per model/method/scheme, one row per group with latency at each thread count,
-    sorted by model, method, bits descending).
+    (grouped per model/method/scheme/size budget, one row per group with latency at each thread count,
+    sorted by model, method, bits descending, mixed-precision rows after the uniform one, larger budgets first).
 
     Raises:
         ValueError: a file that is neither a compare.json nor a run report; OSError: unreadable.
@@ -148,8 +181,9 @@ def load_rows(paths: Iterable[str | Path]) -> list[CompareRow]:
             continue
         rep = RunReport.from_dict(d)
         q, s = rep.quantize, rep.quantize.scheme
-        key = (rep.verify.meta.arch or Path(p).stem, q.method, s["wbits"], s["abits"], s["first_last_bits"])
+        budget = None if q.mixed_precision is None else q.mixed_precision.size_budget
+        key = (rep.verify.meta.arch or Path(p).stem, q.method, s["wbits"], s["abits"], s["first_last_bits"], budget)
         groups.setdefault(key, {})[rep.verify.latency_ms.threads] = rep
-    for key in sorted(groups, key=lambda k: (k[0], k[1], -k[2])):
+    for key in sorted(groups, key=lambda k: (k[0], k[1], -k[2], k[5] is not None, -(k[5] or 0))):
         rows.append(row_from_reports(list(groups[key].values()), model=key[0]))
     return rows

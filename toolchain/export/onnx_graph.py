@@ -90,6 +90,15 @@ _NP_TO_ONNX = {
 }
 
 
+def pack_4bit(values: np.ndarray) -> bytes:
+    """Integers in a 4-bit range (INT4 −8..7 or UINT4 0..15), any shape, packed two per byte in
+    row-major order, the first of each pair in the low nibble (ONNX's INT4/UINT4 ``raw_data``); an odd
+    count gets a zero high nibble in the last byte. ``ceil(n / 2)`` bytes."""
+    flat = (np.asarray(values).astype(np.int16).ravel() & 0x0F).astype(np.uint8)
+    if flat.size % 2:
+        flat = np.append(flat, np.uint8(0))
+    return (flat[0::2] | (flat[1::2] << 4)).astype(np.uint8).tobytes()
+
 class GraphBuilder:
     """Collects ONNX nodes and initializers; hands out unique tensor and node names.
 
@@ -149,10 +158,32 @@ class GraphBuilder:
         return name
 
     def packed_initializer(self, base: str, elem_type: int, values: np.ndarray) -> str:
-        """An initializer of a packed type (INT4/UINT4): ``values`` hold the integers."""
+        """An initializer of a packed type (INT4/UINT4): ``values`` hold the integers (in the type's range).
+
+        Stored as ``raw_data``, two codes per byte (the first in the low nibble; ONNX's layout), so
+        the file holds ``ceil(n / 2)`` bytes for ``n`` codes. (``helper.make_tensor`` without ``raw``
+        writes each packed byte as an int32 varint: two bytes for every byte ≥ 128, about 0.75 bytes
+        a code for signed weights.)
+        """
         values = np.asarray(values)
-        t = helper.make_tensor(base, elem_type, list(values.shape), values.astype(np.int32).ravel().tolist())
-        return self.initializer(base, t)
+        return self.initializer(base, helper.make_tensor(base, elem_type, list(values.shape),
+                                                         pack_4bit(values), raw=True))
+
+    def shared(self, base: str, values, elem_type: int) -> str:
+        """An integer initializer of ONNX type ``elem_type`` (INT8, UINT8, INT32, INT4 or UINT4)
+        holding ``values``, shared by value: one per (type, shape, values), named ``base`` by its
+        first user. For zero points (all zeros for weights and biases, a few values for activations),
+        so the file holds each once whatever the format, as onnxsim's duplicate elimination would
+        leave it (which it skips in a graph holding 4-bit tensors)."""
+        arr = np.asarray(values)
+        key = ("shared", int(elem_type), arr.shape, arr.astype(np.int64).tobytes())
+        if key not in self._consts:
+            if elem_type in (TensorProto.INT4, TensorProto.UINT4):
+                self._consts[key] = self.packed_initializer(base, elem_type, arr)
+            else:
+                np_type = {TensorProto.INT8: np.int8, TensorProto.UINT8: np.uint8, TensorProto.INT32: np.int32}
+                self._consts[key] = self.initializer(base, arr.astype(np_type[elem_type]))
+        return self._consts[key]
 
     def const(self, value, dtype: str = "int64") -> str:
         """A shared constant initializer (cached by value): ints as int64 1-D, floats as float32."""

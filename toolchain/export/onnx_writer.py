@@ -236,8 +236,9 @@ def write_qdq(qmodel: QuantizedModel, meta: ModelMeta, path: str | os.PathLike, 
     fuse into integer kernels (QLinearConv, QGemm, QLinearAdd, …) whose fixed-point
     requantization may differ from the simulation by about one output LSB.
 
-    Format ``"int4"`` (opset 21): weights with bits ≤ 4 as INT4 initializers, activations with
-    bits ≤ 4 as UINT4 codes (others stay in 8-bit containers). Smaller file, but on the
+    Format ``"int4"`` (opset 21): weights with bits ≤ 4 as INT4 initializers (packed raw, two codes a
+    byte), activations with bits ≤ 4 as UINT4 codes (others stay in 8-bit containers). Smaller file
+    (the bytes a ``--size-budget`` counts, :mod:`toolchain.quant.size`), but on the
     onnxruntime CPU execution provider it runs in float (no 4-bit kernels): slower than
     FP32. Use it for runtimes with 4-bit kernels.
 
@@ -264,6 +265,20 @@ def write_qdq(qmodel: QuantizedModel, meta: ModelMeta, path: str | os.PathLike, 
         raise ValueError(f"fmt must be 'qdq' or 'int4', got {fmt!r} (use write_fp32 for the FP32 reference)")
     model = build_onnx(qmodel, meta, fmt=fmt, opset=opset, extra_props=extra_props)
     return _write(model, path, simplify_model)
+
+
+def written_bytes(qmodel: QuantizedModel, meta: ModelMeta, *, fmt: str = FMT_QDQ,
+                  extra_props: dict | None = None) -> int:
+    """The size in bytes of the file :func:`write_qdq` writes for ``qmodel`` in ``fmt`` (simplified as
+    :func:`write_qdq` does), measured on a real file in a temporary directory that is then removed.
+    The mixed-precision size model (:mod:`toolchain.quant.size`) measures its fixed bytes with it.
+
+    Raises:
+        UnsupportedModelError, ValueError: as :func:`write_qdq`.
+    """
+    with tempfile.TemporaryDirectory(prefix="zqtool-size-") as d, warnings.catch_warnings():
+        warnings.simplefilter("ignore", SimplifyWarning)
+        return write_qdq(qmodel, meta, Path(d) / "model.onnx", fmt=fmt, extra_props=extra_props).stat().st_size
 
 
 def write_fp32(qmodel: QuantizedModel, meta: ModelMeta, path: str | os.PathLike, *,
@@ -294,5 +309,5 @@ def output_scale(model: onnx.ModelProto | str | os.PathLike) -> tuple[float, int
     return float(json.loads(props[key])), int(json.loads(props[ONNX_META_PREFIX + "output_zero_point"]))
 
 
-__all__ = ["write_qdq", "write_fp32", "build_onnx", "simplify", "save_atomic", "output_scale",
+__all__ = ["write_qdq", "write_fp32", "written_bytes", "build_onnx", "simplify", "save_atomic", "output_scale",
            "SimplifyWarning", "QDQ_OPSET", "INT4_OPSET"]

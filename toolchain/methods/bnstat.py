@@ -18,6 +18,7 @@ from ..quant.calibrate import CALIBRATIONS, calibrate, set_input_range
 from .bn_stats import teacher_with_bn_taps
 from .config import group, setting
 from .registry import Method, MethodContext, register_method
+from .schedule import Phase, synthesis_phase
 from .synthesis import SynthesisConfig, distill_images
 
 
@@ -51,6 +52,7 @@ def calibrate_on(ctx: MethodContext, images: torch.Tensor, method: str, batch_si
 @register_method("bnstat")
 class BNStat(Method):
     needs_batchnorm = True
+    synthesizes_calibration_images = True
 
     @dataclass(frozen=True)
     class Config(Method.Config):
@@ -63,13 +65,14 @@ class BNStat(Method):
         synthesis: SynthesisConfig = group(SynthesisConfig)
         calibration: str = setting("mse", choices=CALIBRATIONS)
 
-    def reconstruction_images(self, ctx: MethodContext) -> torch.Tensor:
-        """Reconstruction runs on the calibration set (the same cached artifact)."""
-        return synthetic_set(ctx, self.config.synthesis)
+    def phases(self, scheme, is_cached) -> list[Phase]:
+        s = self.config.synthesis
+        return [synthesis_phase("synthesis", s, is_cached("synth", dataclasses.asdict(s)))] + \
+            super().phases(scheme, is_cached)
 
     def run(self, ctx: MethodContext):
         c = self.config
-        images = synthetic_set(ctx, c.synthesis)
+        images = self.calibration_images = synthetic_set(ctx, c.synthesis)
         ranges = calibrate_on(ctx, images, c.calibration, c.synthesis.batch_size)
         ctx.log["ranges"] = {k: list(v) for k, v in ranges.items()}
         return ctx.qmodel

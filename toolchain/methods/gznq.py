@@ -38,6 +38,7 @@ from .distill import distill_player, kd_objective, make_optimizer
 from .images import clamp_pixels, pixel_bounds
 from .loop import TrainLoop
 from .registry import Method, MethodContext, register_method
+from .schedule import DISTILL_STEP_COST, Knob, Phase, synthesis_phase
 from .student import StudentConfig, student_param_groups, training
 from .synthesis import SynthesisConfig
 
@@ -229,6 +230,7 @@ class GZNQ(Method):
     """
 
     needs_batchnorm = True
+    synthesizes_calibration_images = True
     needs_class_logits = True
 
     @dataclass(frozen=True)
@@ -261,10 +263,21 @@ class GZNQ(Method):
 
     def finetunes(self, ctx: MethodContext) -> bool:
         """Whether this run fine-tunes (``finetune`` resolved against the scheme's bit widths)."""
+        return self._finetunes_at(ctx.scheme)
+
+    def _finetunes_at(self, scheme) -> bool:
         c = self.config
         if c.finetune == "auto":
-            return min(ctx.scheme.wbits, ctx.scheme.abits) < c.finetune_below_bits
+            return min(scheme.wbits, scheme.abits) < c.finetune_below_bits
         return c.finetune == "on"
+
+    def phases(self, scheme, is_cached) -> list[Phase]:
+        c = self.config
+        out = [synthesis_phase("synthesis", c.synthesis, is_cached("gznq", dataclasses.asdict(c.synthesis)), 1.2)]
+        if self._finetunes_at(scheme) and c.ft_steps:
+            out.append(Phase("distillation", c.ft_steps, c.student.batch_size, DISTILL_STEP_COST,
+                             (Knob("ft_steps", min(50, c.ft_steps), 50),)))
+        return out + super().phases(scheme, is_cached)
 
     def synthesize(self, ctx: MethodContext) -> dict:
         """The cached synthetic distribution (built on first use; ``ctx.qmodel`` is not needed):
@@ -292,7 +305,7 @@ class GZNQ(Method):
         ctx.log["synthetic_images"] = len(dist)
 
         with torch.no_grad():
-            images = torch.cat([dist.sample() for _ in range(c.calib_draws)]).cpu()
+            images = self.calibration_images = torch.cat([dist.sample() for _ in range(c.calib_draws)]).cpu()
         qmodel.learn_scales(weights=False, acts=False)
         ranges = calibrate_on(ctx, images, c.student.calibration, c.synthesis.batch_size)
         ctx.log["ranges"] = {k: list(v) for k, v in ranges.items()}

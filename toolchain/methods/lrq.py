@@ -100,6 +100,7 @@ from .images import pixel_bounds
 from .loop import Player, TrainLoop
 from .margin import ClassifierTap, margin_cross_entropy
 from .registry import Method, MethodContext, register_method
+from .schedule import DISTILL_STEP_COST, GENERATOR_STEP_COST, Knob, Phase
 from .student import StudentConfig, calibrate_student, student_param_groups, training
 from .synthesis import match_bn_statistics
 
@@ -199,6 +200,14 @@ class LRQ(Method):
                                         task) for x in batches]
         finally:
             task.close()
+
+    def phases(self, scheme, is_cached) -> list[Phase]:
+        c = self.config
+        return [Phase("generator warm-up", c.warmup_rounds, c.student.batch_size, c.g_steps * GENERATOR_STEP_COST,
+                      (Knob("warmup_rounds", min(20, c.warmup_rounds), 10),)),
+                Phase("adversarial rounds", c.rounds, c.student.batch_size,
+                      c.q_steps * DISTILL_STEP_COST + c.g_steps * GENERATOR_STEP_COST,
+                      (Knob("rounds", min(50, c.rounds), 10),))] + super().phases(scheme, is_cached)
 
     def run(self, ctx: MethodContext):
         c, s, dev, qmodel = self.config, self.config.student, ctx.device, ctx.qmodel

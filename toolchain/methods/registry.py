@@ -17,11 +17,12 @@ from typing import Callable, ClassVar
 import torch
 
 from ..core.errors import ConfigError
-from .config import Settings, build_config, group, setting
+from .config import Rule, Settings, build_config, group, setting
 from ..core.meta import ModelMeta
 from ..quant.model import QuantizedModel
 from ..quant.scheme import QuantScheme
 from .reconstruct import RECONSTRUCTIONS, ReconstructionConfig
+from .schedule import Knob, Phase, synthesis_phase, valid_duration
 
 _METHODS: dict[str, type["Method"]] = {}
 
@@ -140,13 +141,22 @@ class Method:
                 :data:`~.reconstruct.RECONSTRUCTIONS`: "none", or "adaround" (block reconstruction
                 on synthetic images, BRECQ/AdaRound).
             recon: its settings (:class:`~.reconstruct.ReconstructionConfig`).
+            time_budget: fit the schedule into this long (``15m``, ``1h``, ``90s``; "none": run the
+                recipe as it is): the long phases (:meth:`Method.phases`) are estimated from a timed
+                pass of the FP model and their settings lowered to fit (:mod:`.schedule`).
         """
 
         reconstruct: str = setting("none", choices=tuple(RECONSTRUCTIONS))
         recon: ReconstructionConfig = group(ReconstructionConfig)
+        time_budget: str = setting("none")
+
+        rules = (Rule("time_budget", lambda c: valid_duration(c.time_budget),
+                      "must look like 15m, 1h30m, 90s, a number of seconds, or none"),)
 
     def __init__(self, config=None):
         self.config = config if config is not None else self.Config()
+        #: (N, C, H, W) float32 synthetic images :meth:`run` calibrated on, if it synthesized them
+        self.calibration_images: torch.Tensor | None = None
 
     @property
     def needs_synthetic_images(self) -> bool:
@@ -154,8 +164,33 @@ class Method:
         on a ZeroQ set); checked before running."""
         return self.needs_batchnorm or self.config.reconstruct != "none"
 
+    #: whether :meth:`run` sets :attr:`calibration_images` (then reconstruction needs no set of its own)
+    synthesizes_calibration_images: ClassVar[bool] = False
+
     def run(self, ctx: MethodContext) -> QuantizedModel:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def phases(self, scheme: QuantScheme, is_cached: Callable[[str, dict], bool]) -> list[Phase]:
+        """The long work of this configuration, for the time budget (:mod:`.schedule`): a method adds
+        its own phases before these (the reconstruction's, when on).
+
+        Args:
+            scheme: the bit widths the run quantizes to.
+            is_cached: ``is_cached(kind, key)``: whether the artifact :attr:`MethodContext.cached` would
+                build for ``(kind, key)`` is already stored.
+        """
+        if self.config.reconstruct == "none":
+            return []
+        r = self.config.recon
+        out = []
+        if not self.synthesizes_calibration_images:
+            from .synthesis import SynthesisConfig
+            s = SynthesisConfig(num_images=r.images)
+            out.append(dataclasses.replace(synthesis_phase("reconstruction set", s, is_cached("synth", dataclasses.asdict(s))),
+                                           knobs=(Knob("recon.images", min(32, r.images), 8),)))
+        # a step trains one block; the blocks together cost about one quantized-model pass
+        out.append(Phase("reconstruction", r.steps, r.batch, 2.5, (Knob("recon.steps", min(100, r.steps), 50),)))
+        return out
 
     def quantize(self, ctx: MethodContext) -> QuantizedModel:
         """:meth:`run`, then the configured reconstruction step (its record in ``ctx.log``)."""
@@ -173,9 +208,11 @@ class Method:
         return qmodel
 
     def reconstruction_images(self, ctx: MethodContext) -> torch.Tensor:
-        """The (N, C, H, W) float32 images reconstruction runs on: by default a cached ZeroQ set of
-        ``recon.images`` images (:func:`~.bnstat.synthetic_set`); a method with a synthetic set of
-        its own returns that."""
+        """The (N, C, H, W) float32 images reconstruction runs on: the synthetic images the method
+        calibrated on (:attr:`calibration_images`, set by :meth:`run`: bnstat's ZeroQ set, GZNQ's
+        draws), else a cached ZeroQ set of ``recon.images`` images (:func:`~.bnstat.synthetic_set`)."""
+        if self.calibration_images is not None:
+            return self.calibration_images
         from .bnstat import synthetic_set
         from .synthesis import SynthesisConfig
         return synthetic_set(ctx, SynthesisConfig(num_images=self.config.recon.images))

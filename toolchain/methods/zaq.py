@@ -56,6 +56,7 @@ from .generators import DFADGenerator, GeneratorSampler
 from .images import pixel_bounds
 from .loop import Player, TrainLoop
 from .registry import Method, MethodContext, register_method
+from .schedule import DISTILL_STEP_COST, GENERATOR_STEP_COST, Knob, Phase
 from .relation import FEATURE_WEIGHTS, feature_discrepancy
 from .student import StudentConfig, calibrate_student, student_param_groups, training
 
@@ -109,6 +110,12 @@ class ZAQ(Method):
 
     #: the game of the last run (for tests and introspection)
     game: TrainLoop | None = None
+
+    def phases(self, scheme, is_cached) -> list[Phase]:
+        c = self.config
+        return [Phase("adversarial rounds", c.rounds, c.student.batch_size,
+                      c.q_steps * DISTILL_STEP_COST + GENERATOR_STEP_COST,
+                      (Knob("rounds", min(20, c.rounds), 10),))] + super().phases(scheme, is_cached)
 
     def run(self, ctx: MethodContext):
         c, s, dev, qmodel = self.config, self.config.student, ctx.device, ctx.qmodel

@@ -15,9 +15,10 @@ ATen graph of ``ExportedProgram.module()``:
 5. specs: each quantized tensor's role in the graph — the network input, an activation
    known to be >= 0 or not, the input of the first/last Conv/Linear layer (no Conv/Linear
    before / after it) or inner, a first/last or inner layer's weights — is looked up in
-   the scheme (:meth:`QuantScheme.spec`), which then applies its target's rule to each
-   layer's weight and input specs (:meth:`QuantScheme.layer_specs`: e.g. narrower weights
-   where the codes could saturate the target's kernels); every quantizer is built from its
+   the scheme (:meth:`QuantScheme.spec`), which then applies a layer's own weight width (mixed
+   precision, asked by the layer's module path) and its target's rule to each layer's weight and
+   input specs (:meth:`QuantScheme.layer_specs`: e.g. narrower weights where the codes could
+   saturate the target's kernels); every quantizer is built from its
    spec (:func:`.quantizers.quantizer_from_spec`). The logits (used only as the graph output)
    are left in float.
 
@@ -32,7 +33,7 @@ import re
 import torch
 from torch import fx
 
-from ..core.errors import UnsupportedModelError
+from ..core.errors import ConfigError, UnsupportedModelError
 from ..graph.fx import get_attr_value
 from ..naming import unique_name
 from ..targets import is_depthwise
@@ -339,9 +340,19 @@ def _set_specs(gm: fx.GraphModule, ins: _Inserter, layers: dict, input_q: fx.Nod
     each layer to its input quantizer.
 
     Activation specs come first (:meth:`QuantScheme.spec`); then, layer by layer in graph order,
-    the target's rule may narrow a layer's weights or the input spec it shares with later
-    readers (:meth:`QuantScheme.layer_specs`).
+    the scheme's per-layer width (``layer_wbits``, by the layer's module path) and the target's rule
+    may change a layer's weights or narrow the input spec it shares with later readers
+    (:meth:`QuantScheme.layer_specs`).
+
+    Raises:
+        ConfigError: ``scheme.layer_wbits`` names a layer the model does not have.
     """
+    unknown = sorted(set(scheme.layer_widths) - {n.target for n in layers})
+    if unknown:
+        raise ConfigError(f"the scheme gives weight widths to {len(unknown)} layer(s) this model does not have: "
+                          f"{', '.join(unknown[:4])}{' …' if len(unknown) > 4 else ''}",
+                          f"layer paths are QuantizedModel.layers() names, e.g. "
+                          f"{', '.join(n.target for n in list(layers)[:3])}")
     output_nodes: set[fx.Node] = set()
     out_node = next(n for n in gm.graph.nodes if n.op == "output")
     fx.node.map_arg(out_node.args, lambda a: output_nodes.add(a))
@@ -352,7 +363,7 @@ def _set_specs(gm: fx.GraphModule, ins: _Inserter, layers: dict, input_q: fx.Nod
     for n, layer in layers.items():
         qn = ins.grid_of(n.args[0])
         dw = isinstance(layer, QuantConv2d) and is_depthwise(layer.weight.shape[0], layer.weight.shape[1], layer.groups)
-        w_spec, act_specs[qn] = scheme.layer_specs(layer.role, act_specs[qn], depthwise=dw)
+        w_spec, act_specs[qn] = scheme.layer_specs(layer.role, act_specs[qn], depthwise=dw, name=n.target)
         layer.set_weight_spec(w_spec)
     for qn, spec in act_specs.items():
         gm.add_submodule(qn.target, quantizer_from_spec(spec))
@@ -379,6 +390,7 @@ def quantize_graph(program, scheme: QuantScheme, *, strict: bool = False) -> Qua
         UnsupportedModelError: the graph has no Conv/Linear layer, or a layer whose
             weight is not a constant, or an op the rewrite cannot place; under ``strict``, an
             op the vocabulary does not know.
+        ConfigError: the scheme's per-layer widths name a layer the model does not have.
     """
     gm = fp_graph_module(program)
     layers = _replace_layers(gm, scheme)

@@ -9,14 +9,15 @@ As PT2E's ``QuantizationConfig``, a :class:`QuantScheme` maps tensor *roles* (:d
 specs, and applies its target's rule (:mod:`toolchain.targets`) to the specs of each layer
 (:meth:`QuantScheme.layer_specs`). The rewrite (:mod:`.rewrite`) only finds each tensor's role in
 the graph and asks; a new target, per-layer widths or a new role change this module, not the
-rewrite. The scheme's own fields are four values (three widths and a target): they key caches and
-the model card, so the specs are derived, never stored. torch-free.
+rewrite. The scheme's own fields are four values (three widths and a target) and, for mixed
+precision, per-layer weight widths (``layer_wbits``): they key caches and the model card, so the
+specs are derived, never stored. torch-free.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Callable
+from typing import Callable, Mapping
 
 from ..core.errors import ConfigError
 from ..targets import DEFAULT_TARGET, get_target
@@ -80,15 +81,25 @@ class QuantScheme:
         target: deployment target (:mod:`toolchain.targets`): ``portable`` (default) narrows
             the weights of any layer whose codes could saturate an int16 pair sum on
             AVX2-only x86 CPUs; ``x86-vnni`` and ``arm64`` keep full 8-bit ranges.
+        layer_wbits: per-layer weight widths (mixed precision, :mod:`toolchain.methods.sensitivity`):
+            ``(layer path, bits)`` pairs, the path as in
+            :meth:`~toolchain.quant.model.QuantizedModel.layers` (``"layer1.0.conv1"``). A listed
+            layer's weights get that width instead of their role's (``wbits`` / ``first_last_bits``),
+            and then the target's rule as any layer's (on ``portable`` an 8-bit layer on 8-bit inputs
+            still gets 7-bit codes). Activations keep ``abits`` / ``first_last_bits``. Given as pairs
+            or a mapping, stored sorted by path; empty (the default) for a uniform scheme, and then
+            left out of :meth:`to_dict`, so uniform schemes key caches as before.
 
     Raises:
-        ConfigError: a bit width outside 2..8, or an unknown target.
+        ConfigError: a bit width outside 2..8, an unknown target, or a malformed or repeated
+            ``layer_wbits`` entry.
     """
 
     wbits: int = 8
     abits: int = 8
     first_last_bits: int = 8
     target: str = DEFAULT_TARGET
+    layer_wbits: tuple[tuple[str, int], ...] = ()
 
     def __post_init__(self):
         for name in ("wbits", "abits", "first_last_bits"):
@@ -99,6 +110,7 @@ class QuantScheme:
                     f"8-bit containers hold every width from {MIN_BITS} to {MAX_BITS}; e.g. --bits 8, 6, 4, 3 or 2",
                 )
         get_target(self.target)
+        object.__setattr__(self, "layer_wbits", _layer_widths(self.layer_wbits))
 
     def spec(self, role: str) -> QuantSpec:
         """The spec of a tensor with this role (:data:`ROLES`) before any per-layer rule.
@@ -112,7 +124,7 @@ class QuantScheme:
             raise ConfigError(f"unknown tensor role {role!r}", f"one of {', '.join(ROLES)}") from None
 
     def layer_specs(self, layer_role: str, input_spec: QuantSpec, *,
-                    depthwise: bool = False) -> tuple[QuantSpec, QuantSpec]:
+                    depthwise: bool = False, name: str | None = None) -> tuple[QuantSpec, QuantSpec]:
         """(weight spec, input activation spec) of a Conv/Linear layer on this scheme's target.
 
         Args:
@@ -120,14 +132,29 @@ class QuantScheme:
                 weight role (:data:`WEIGHT_ROLE_OF_LAYER`).
             input_spec: the spec of the activation the layer reads (as other readers left it).
             depthwise: a depthwise convolution (exempt from the int16-pair rule).
+            name: the layer's module path; a layer listed in :attr:`layer_wbits` gets that weight
+                width before the target's rule.
 
         Returns:
             The weight spec, narrowed where the target's rule asks (:meth:`layer_bits`), and the
             input spec, never wider than ``input_spec``.
         """
         w = self.spec(weight_role(layer_role))
+        override = self.layer_widths.get(name) if name is not None else None
+        if override is not None:
+            w = w.with_bits(override)
         wbits, abits = self.layer_bits(w.bits, input_spec.bits, depthwise=depthwise)
         return w.with_bits(wbits), input_spec.with_bits(min(input_spec.bits, abits))
+
+    @property
+    def layer_widths(self) -> dict[str, int]:
+        """:attr:`layer_wbits` as a dict: layer path → weight bits (empty for a uniform scheme)."""
+        return dict(self.layer_wbits)
+
+    @property
+    def mixed(self) -> bool:
+        """Whether layers have their own weight widths (:attr:`layer_wbits`)."""
+        return bool(self.layer_wbits)
 
     @property
     def fused_add(self) -> bool:
@@ -166,11 +193,42 @@ class QuantScheme:
 
     @property
     def tag(self) -> str:
-        """Short name such as ``w4a4`` (``-fl8`` suffix when first/last differ)."""
+        """Short name such as ``w4a4`` (``-fl8`` suffix when first/last differ); with per-layer widths
+        ``w4-8a8-mp`` (the narrowest and widest listed width, then ``-mp``; ``-fl`` as before when
+        first/last differ from the activations)."""
+        if self.layer_wbits:
+            widths = sorted(set(self.layer_widths.values()))
+            w = f"{widths[0]}" if len(widths) == 1 else f"{widths[0]}-{widths[-1]}"
+            return f"w{w}a{self.abits}-mp" + (f"-fl{self.first_last_bits}" if self.first_last_bits != self.abits else "")
         t = f"w{self.wbits}a{self.abits}"
         if self.first_last_bits not in (self.wbits,) or self.first_last_bits != self.abits:
             t += f"-fl{self.first_last_bits}"
         return t
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The scheme as JSON: its fields; ``layer_wbits`` as ``[[path, bits], ...]``, only when set."""
+        d = asdict(self)
+        if not self.layer_wbits:
+            del d["layer_wbits"]
+        else:
+            d["layer_wbits"] = [[n, b] for n, b in self.layer_wbits]
+        return d
+
+
+def _layer_widths(value) -> tuple[tuple[str, int], ...]:
+    """``layer_wbits`` given as pairs or a mapping → sorted ``((path, bits), ...)``. Raises ConfigError."""
+    hint = f"per-layer widths are (layer path, bits) pairs with bits in {MIN_BITS}..{MAX_BITS}, each layer once"
+    items = list(value.items()) if isinstance(value, Mapping) else list(value or ())
+    out: dict[str, int] = {}
+    for item in items:
+        if not isinstance(item, (tuple, list)) or len(item) != 2:
+            raise ConfigError(f"layer_wbits: expected a (layer, bits) pair, got {item!r}", hint)
+        name, bits = item
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"layer_wbits: a layer path must be a non-empty string, got {name!r}", hint)
+        if isinstance(bits, bool) or not isinstance(bits, int) or not MIN_BITS <= bits <= MAX_BITS:
+            raise ConfigError(f"layer_wbits: layer {name!r} has width {bits!r}", hint)
+        if name in out:
+            raise ConfigError(f"layer_wbits: layer {name!r} is listed twice", hint)
+        out[name] = bits
+    return tuple(sorted(out.items()))

@@ -122,10 +122,9 @@ class ExportContext:
             zp = int(round(float(q.zero_point)))
             uint4 = self.fmt == FMT_INT4 and q.bits <= 4 and not reaches(node, ops.MAX_POOL)
             s_name = self.b.initializer(f"{path}.scale", scale)
-            if uint4:
-                zp_name = self.b.packed_initializer(f"{path}.zero_point", TensorProto.UINT4, np.asarray(zp))
-            else:
-                zp_name = self.b.initializer(f"{path}.zero_point", np.asarray(zp, dtype=np.uint8))
+            # shared by value (:meth:`GraphBuilder.shared`): many grids have the same zero point
+            zp_name = self.b.shared(f"{path}.zero_point", np.asarray(zp),
+                                    TensorProto.UINT4 if uint4 else TensorProto.UINT8)
             self._grids[path] = Grid(path, s_name, zp_name, zp, q.qmax, float(scale),
                                      TensorProto.UINT4 if uint4 else TensorProto.UINT8)
         return self._grids[path]

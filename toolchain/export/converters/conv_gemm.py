@@ -1,7 +1,8 @@
 """Quantized layers: Conv and Linear (Gemm, or MatMul + Add) on DequantizeLinear'd weight and bias codes.
 
-Weights are int8 codes per output channel (INT4 in the ``int4`` format for bits ≤ 4) with zero
-points 0; the bias is int32 codes with scale ``s_in · s_w``. A layer whose weight quantizer is off
+Weights are int8 codes per output channel (INT4 in the ``int4`` format for bits ≤ 4, two codes a
+byte) with zero points 0 (one shared all-zeros initializer per type and shape); the bias is int32
+codes with scale ``s_in · s_w``. A layer whose weight quantizer is off
 (the ``fp32`` walk) writes its folded float32 weight and bias as initializers.
 """
 
@@ -36,13 +37,12 @@ def layer_params(ctx: ExportContext, path: str, layer: QuantLayer, *, transpose:
         axis = 0
         if transpose:
             codes, axis = np.ascontiguousarray(codes.T), 1
-        zeros = np.zeros(scale.shape, dtype=np.int8)
         if ctx.fmt == FMT_INT4 and wq.bits <= 4:
             c_name = b.packed_initializer(f"{path}.weight", TensorProto.INT4, codes)
-            z_name = b.packed_initializer(f"{path}.weight_zero_point", TensorProto.INT4, zeros)
+            z_name = b.shared(f"{path}.weight_zero_point", np.zeros(scale.shape), TensorProto.INT4)
         else:
             c_name = b.initializer(f"{path}.weight", codes.astype(np.int8))
-            z_name = b.initializer(f"{path}.weight_zero_point", zeros)
+            z_name = b.shared(f"{path}.weight_zero_point", np.zeros(scale.shape), TensorProto.INT8)
         s_name = b.initializer(f"{path}.weight_scale", scale)
         weight = b.node("DequantizeLinear", [c_name, s_name, z_name], f"{path}.weight_dq", axis=axis)
     else:
@@ -52,7 +52,7 @@ def layer_params(ctx: ExportContext, path: str, layer: QuantLayer, *, transpose:
     if bias_scale is not None:
         codes = layer.int_bias().cpu().numpy().astype(np.int32)
         s_name = b.initializer(f"{path}.bias_scale", bias_scale.detach().cpu().numpy().astype(np.float32))
-        z_name = b.initializer(f"{path}.bias_zero_point", np.zeros(codes.shape, dtype=np.int32))
+        z_name = b.shared(f"{path}.bias_zero_point", np.zeros(codes.shape), TensorProto.INT32)
         c_name = b.initializer(f"{path}.bias", codes)
         bias = b.node("DequantizeLinear", [c_name, s_name, z_name], f"{path}.bias_dq", axis=0)
     else:
