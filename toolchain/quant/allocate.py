@@ -132,11 +132,11 @@ def allocate(options: Sequence[Sequence[Option]], budget_bytes: float, fixed_byt
 def _infeasible(budget: float, smallest: float, reference: float | None, more: str | None) -> ConfigError:
     more = more or "or lower candidate widths (--set mp.candidates=...)"
     if reference:
-        need = smallest / reference
+        need = _ceil(smallest / reference, 3)  # the least F that fits, at the 3 decimals shown
         return ConfigError(
             f"--size-budget {budget / reference:.3f} is below the smallest model the candidate widths allow "
             f"({need:.3f} of the all-8-bit model's {reference:,.0f} bytes, every layer at its lowest width)",
-            f"use --size-budget {_ceil(need, 3):.3f} or more, {more}")
+            f"use --size-budget {need:.3f} or more, {more}")
     return ConfigError(f"a size budget of {budget:,.0f} bytes is below the smallest model the candidate widths "
                        f"allow ({smallest:,.0f} bytes)", f"raise the budget, {more}")
 
