@@ -148,7 +148,7 @@ class _QDrop:
             h.remove()
 
 
-def _block_mse(block: Block, qmodel: QuantizedModel, x: torch.Tensor, y: torch.Tensor, batch: int) -> float:
+def _block_mse(block: Block, x: torch.Tensor, y: torch.Tensor, batch: int) -> float:
     out = _batched(block.module, x, batch)
     return float((out - y).pow(2).mean())
 
@@ -263,7 +263,7 @@ def adaround_blocks(qmodel: QuantizedModel, images: torch.Tensor, cfg: Reconstru
             tb = time.perf_counter()
             with reference.float_mode():
                 y_fp = _batched(fp_block.module, x_fp, cfg.batch)
-            before = _block_mse(block, qmodel, x_q, y_fp, cfg.batch)
+            before = _block_mse(block, x_q, y_fp, cfg.batch)
             reconstruct_block(block, qmodel, x_q, x_fp, y_fp, cfg, task)
             x_q = _batched(block.module, x_q, cfg.batch)
             after = float((x_q - y_fp).pow(2).mean())
