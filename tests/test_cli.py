@@ -74,6 +74,7 @@ def test_run_writes_json_with_parity(files, tmp_path):
     (["quantize", "{model}", "--arch", "tinynet", "--device", "tpu"], "'tpu' is not one of 'auto', 'cpu', 'cuda'"),
     (["quantize", "{model}", "--arch", "tinynet", "--method", "minmax", "--set", "num_std"], "key=value"),
     (["quantize", "{model}", "--arch", "tinynet", "--method", "minmax", "--set", "bogus=1"], "unknown setting"),
+    (["quantize", "{model}", "--arch", "tinynet", "--time-budget", "soon"], "time budget must look like 15m"),
     (["export", "{tmp}"], "not a quantize run directory"),
     (["verify", "{tmp}/none.onnx", "--data", "{data}"], "none.onnx"),
     (["verify", "{model}", "--data", "{tmp}/none.npz"], ""),
@@ -184,3 +185,20 @@ def test_list_shows_whole_method_descriptions_and_piped_tables_do_not_wrap():
     out = invoke("list", "methods").output
     lrq = next(line for line in out.splitlines() if line.strip().startswith("lrq"))
     assert "2023" in lrq and lrq.rstrip().endswith("empty).")  # the whole first paragraph, on one line
+
+
+def test_time_budget_scales_the_schedule_and_prints_the_plan_first(files, tmp_path):
+    model, _ = files
+    r = invoke("quantize", model, "--arch", "tinynet", "--method", "bnstat", "--bits", "4", "--set", "iterations=40",
+               "--set", "num_images=64", "--set", "batch_size=16", "--time-budget", "0.001s", "--out", tmp_path / "runs")
+    assert r.exit_code == 0, r.output
+    assert "schedule: about" in r.output and "scaled synthesis.num_images 64→32" in r.output
+    quant = json.loads((Path(r.stdout.strip().splitlines()[-1]) / "quant.json").read_text())
+    assert quant["schedule"]["budget_s"] == 0.001 and quant["method_config"]["synthesis"]["num_images"] == 32
+    assert quant["method_config"]["synthesis"]["iterations"] == 20  # the floors: nothing smaller fits either
+
+
+def test_list_methods_states_the_cpu_time_budgets():
+    out = invoke("list", "methods").output
+    assert "[cls] = trains on class logits" in out
+    assert any(line.strip().startswith("bnstat") and "cpu ≤" in line for line in out.splitlines())

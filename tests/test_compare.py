@@ -149,7 +149,9 @@ def test_a_failing_pair_is_a_failed_row_and_the_rest_still_run(files, tmp_path, 
     (["--bits", "8,9"], "--bits expects comma-separated integers in 2..8, got '9'"),
     (["--threads", "-1"], "--threads"),
     (["--budget", "huge"], "'huge' is not one of 'cpu', 'paper'"),
-    (["--set", "nope.iterations=3"], "'nope' is not a method"),
+    (["--set", "nope.iterations=3"], "has a setting 'nope.iterations'"),
+    (["--methods", "bnstat+nope"], "unknown reconstruction 'nope'"),
+    (["--methods", "nope+adaround"], "unknown method 'nope+adaround'"),
     (["--set", "zzz=1"], "has a setting 'zzz'"),
     (["--set", "bnstat.zzz=1"], "unknown setting"),
     (["--format", "int2"], "'int2' is not one of 'qdq', 'int4'"),
@@ -160,7 +162,7 @@ def test_bad_options_are_one_line_errors_before_any_work(files, tmp_path, args, 
                "--store", tmp_path / "runs", "--out", tmp_path / "cmp")  # the last --methods wins
     assert r.exit_code == 2, r.output
     assert "error:" in r.output.lower() and message in r.output and "Traceback" not in r.output
-    if args[0] == "--methods" and "nope" in args[1]:
+    if args[0] == "--methods" and "nope" in args[1].split("+")[0]:
         assert "available: " in r.output and "bnstat" in r.output and "minmax" in r.output
     assert not (tmp_path / "cmp").exists() and not (tmp_path / "runs" / "q").exists()
 
@@ -172,6 +174,30 @@ def test_set_routes_settings_to_methods():
     assert per["minmax"] == {"num_std": "3"} and "zaq" not in per  # zaq not compared: ignored
     with pytest.raises(ConfigError, match="key=value"):
         split_overrides(["iterations"], ["bnstat"])
+
+
+def test_a_reconstruction_variant_is_a_method_entry_of_its_own():
+    per = split_overrides(["iterations=5", "bnstat.iterations=7", "recon.steps=3"],
+                          ["bnstat", "bnstat+adaround", "minmax"])
+    assert per["bnstat+adaround"] == {"iterations": "7", "recon.steps": "3", "reconstruct": "adaround"}
+    assert per["bnstat"] == {"iterations": "7", "recon.steps": "3"} and "reconstruct" not in per["bnstat"]
+
+
+def test_compare_with_and_without_reconstruction(files, tmp_path):
+    model, data = files
+    out = tmp_path / "cmp"
+    r = invoke("compare", model, "--arch", "tinynet", "--data", data, "--methods", "bnstat,bnstat+adaround",
+               "--bits", "4", *FAST_SET, "--set", "recon.steps=4", "--set", "recon.batch=4", "--latency-runs", "2",
+               "--parity-images", "0", "--store", tmp_path / "runs", "--out", out)
+    assert r.exit_code == 0, r.output
+    rows = json.loads((out / "compare.json").read_text())["rows"]
+    assert [(row["method"], row["status"]) for row in rows] == [("bnstat", "ok"), ("bnstat+adaround", "ok")]
+    assert rows[0]["artifacts"]["q"] != rows[1]["artifacts"]["q"]  # two quantized models
+    rep = json.loads((out / "reports" / "bnstat+adaround-w4a4-fl8-t1.json").read_text())
+    assert rep["quantize"]["method"] == "bnstat" and rep["quantize"]["reconstruct"] == "adaround"
+    assert "reconstruct" not in json.loads((out / "reports" / "bnstat-w4a4-fl8-t1.json").read_text())["quantize"]
+    assert {r.method for r in load_rows(sorted((out / "reports").glob("*.json")))} == {"bnstat", "bnstat+adaround"}
+    assert "| bnstat+adaround | W4A4 (8) |" in (out / "compare.md").read_text()
 
 
 def test_plot_without_matplotlib_is_skipped_with_a_hint(tmp_path, monkeypatch):

@@ -154,6 +154,11 @@ SizeBudgetOpt = typer.Option(
     "(docs/mixed_precision.md). Activations keep --abits.")
 RunFormatOpt = typer.Option(None, "--format", help="qdq (8-bit containers, integer kernels) or int4 (opset-21 "
                             "INT4/UINT4); default qdq, or int4 with --size-budget (the file whose bytes it counts).")
+TimeBudgetOpt = typer.Option(
+    None, "--time-budget", help="Fit the method's long work (synthesis, fine-tuning, reconstruction) into this long, "
+    "e.g. 15m, 1h, 90s: one timed FP pass estimates each phase and the settings that scale it are lowered to fit; "
+    "the plan prints before the work and goes into the run log. Default: the recipe's (cpu budget: minutes per "
+    "method, `zqtool list methods`); none = the recipe's settings as they are. Same as --set time_budget=….")
 LimitOpt = typer.Option(None, "--limit", help="Evaluate only the first N images.")
 RunsOpt = typer.Option(50, "--latency-runs", help="Timed batch-1 runs per model.")
 
@@ -161,6 +166,15 @@ RunsOpt = typer.Option(50, "--latency-runs", help="Timed batch-1 runs per model.
 def _load_options(arch, input_shape, mean, std, num_classes, trust_pickle) -> dict:
     return {"arch": arch, "input_shape": _shape(input_shape), "mean": _floats(mean, "mean"),
             "std": _floats(std, "std"), "num_classes": num_classes, "trust_pickle": trust_pickle}
+
+
+def _with_time_budget(set_: list[str] | None, time_budget: str | None) -> list[str]:
+    """``--set`` items with ``--time-budget`` as one more (``time_budget=…``, checked before any work)."""
+    if time_budget is None:
+        return list(set_ or [])
+    from .methods.schedule import parse_duration
+    parse_duration(time_budget)  # a bad value is a one-line error now, not after the load
+    return [*(set_ or []), f"time_budget={time_budget}"]
 
 
 def _quant_options(method, bits, wbits, abits, first_last_bits, budget, recipe, set_, seed, device,
@@ -229,13 +243,14 @@ def quantize(model: Path = ModelArg, method: MethodChoice = MethodOpt, bits: int
              device: DeviceChoice = DeviceOpt, arch: Optional[str] = ArchOpt, input_shape: Optional[str] = ShapeOpt,
              mean: Optional[str] = MeanOpt, std: Optional[str] = StdOpt, num_classes: Optional[int] = ClassesOpt,
              trust_pickle: bool = PickleOpt, strict: bool = StrictOpt,
-             size_budget: Optional[float] = SizeBudgetOpt, out: Path = OutOpt):
+             size_budget: Optional[float] = SizeBudgetOpt, time_budget: Optional[str] = TimeBudgetOpt,
+             out: Path = OutOpt):
     """Stage 2: zero-shot quantization (runs stage 1 if needed). Prints the run directory."""
     from .artifacts import Store
     from .pipeline import export_format, load_stage, method_overrides, mixed_precision_stage, quantize_stage
     store = Store(out)
-    opts = _quant_options(method, bits, wbits, abits, first_last_bits, budget, recipe, set_, seed, device, target,
-                          strict)
+    opts = _quant_options(method, bits, wbits, abits, first_last_bits, budget, recipe,
+                          _with_time_budget(set_, time_budget), seed, device, target, strict)
     opts["overrides"], mp_overrides = method_overrides(opts["overrides"], size_budget)
     if size_budget is not None:
         from .quant.allocate import check_size_budget
@@ -422,12 +437,13 @@ def run(model: Path = ModelArg, data: Path = DataOpt, method: MethodChoice = Met
         parity_images: int = typer.Option(256, "--parity-images", help="Images for the torch-vs-ORT parity check (0: skip)."),
         arch: Optional[str] = ArchOpt, input_shape: Optional[str] = ShapeOpt, mean: Optional[str] = MeanOpt,
         std: Optional[str] = StdOpt, num_classes: Optional[int] = ClassesOpt, trust_pickle: bool = PickleOpt,
-        strict: bool = StrictOpt, size_budget: Optional[float] = SizeBudgetOpt, out: Path = OutOpt):
+        strict: bool = StrictOpt, size_budget: Optional[float] = SizeBudgetOpt,
+        time_budget: Optional[str] = TimeBudgetOpt, out: Path = OutOpt):
     """All four stages: load → quantize → export → verify, plus the torch-vs-ORT parity check."""
     from .artifacts import Store
     from .pipeline import run as run_fn
     report = _run(run_fn, model, data, Store(out), method, bits, wbits, abits, first_last_bits, budget, recipe,
-                  set_, seed, device, fmt, threads, limit, latency_runs, parity_images,
+                  _with_time_budget(set_, time_budget), seed, device, fmt, threads, limit, latency_runs, parity_images,
                   _load_options(arch, input_shape, mean, std, num_classes, trust_pickle), target, strict,
                   size_budget)
     _write_json(json_path, report.to_dict())
@@ -490,7 +506,8 @@ def _parity_line(p) -> str:
 @app.command(epilog="Example: zqtool compare model.pt --arch resnet20 --data test.npz --methods minmax,bnstat --bits 8,4")
 @handle_errors
 def compare(model: Path = ModelArg, data: Path = DataOpt,
-            methods: str = typer.Option("minmax,bnstat", "--methods", help="Comma-separated methods (see `zqtool list methods`)."),
+            methods: str = typer.Option("minmax,bnstat", "--methods", help="Comma-separated methods (see `zqtool list methods`); "
+                                        "METHOD+adaround adds a row of the method ending with block reconstruction."),
             bits: str = typer.Option("8,6,4,3", "--bits", help="Comma-separated bit widths, weights = activations (2..8)."),
             first_last_bits: int = FLOpt, target: TargetChoice = TargetOpt, budget: BudgetChoice = BudgetOpt,
             set_: Optional[List[str]] = typer.Option(None, "--set", help="Method setting: METHOD.key=value for one method, "
@@ -511,7 +528,10 @@ def compare(model: Path = ModelArg, data: Path = DataOpt,
             size_budget: Optional[str] = typer.Option(
                 None, "--size-budget", help="Comma-separated fractions F (e.g. 0.6,0.5): after each method × bits "
                 "pair, a mixed-precision row per F (activations at those bits, a weight width per layer so the "
-                "model's bytes are at most F × the all-8-bit model's; see `zqtool quantize --help`).")):
+                "model's bytes are at most F × the all-8-bit model's; see `zqtool quantize --help`)."),
+            time_budget: Optional[str] = typer.Option(
+                None, "--time-budget", help="Fit each pair's long work into this long (15m, 1h, 90s; none: the "
+                "recipe's settings as they are); default: the recipe's (see `zqtool quantize --help`).")):
     """Every method × bit width through load → quantize → export → verify, one results table.
 
     Cached stages are reused, so an interrupted compare resumes where it stopped. Writes
@@ -526,7 +546,7 @@ def compare(model: Path = ModelArg, data: Path = DataOpt,
     from .compare import parse_methods, render_rows, split_overrides
     from .compare.options import parse_size_budgets
     method_list = parse_methods(methods)
-    overrides = split_overrides(set_, method_list)
+    overrides = split_overrides(_with_time_budget(set_, time_budget), method_list)
     size_budgets = parse_size_budgets(size_budget)
     out = out or store / "compare" / Path(model).stem
 
@@ -582,14 +602,24 @@ def list_(what: str = typer.Argument("all", help="archs, methods or all")):
         from .methods.registry import get_method, list_methods
         out_console.print("[bold]methods[/] (--method NAME; recipes/<name>.toml; "
                           "[BN] = reads BatchNorm statistics, refuses a model without BatchNorm; "
-                          "[cls] = trains on class logits, refuses a segmentation model):")
+                          "\\[cls] = trains on class logits, refuses a segmentation model; cpu ≤ T = the cpu "
+                          "recipe's time budget, --time-budget):")
         for name in list_methods():
             doc = (sys.modules[get_method(name).__module__].__doc__ or "").strip()
             first = " ".join(doc.split("\n\n")[0].split()) if doc else ""  # the whole first paragraph
             first = re.sub(r"^``\w+``:\s*", "", first).replace("``", "")
             m = get_method(name)
             tag = f"{'[BN]' if m.needs_batchnorm else '':<4} {'[cls]' if m.needs_class_logits else '':<5}"
-            out_console.print(f"  {name:<8} {tag} {first}", highlight=False, markup=False, soft_wrap=True)
+            out_console.print(f"  {name:<8} {tag} {_cpu_time_budget(name):<11} {first}", highlight=False,
+                              markup=False, soft_wrap=True)
+
+
+def _cpu_time_budget(method: str) -> str:
+    """``"cpu ≤ 10 min"``: the time budget of a method's cpu recipe ("" when it has none)."""
+    from .methods.schedule import format_duration, parse_duration
+    from .pipeline import method_config
+    budget_s = parse_duration(method_config(method, "cpu")[1].time_budget)
+    return "" if budget_s is None else f"cpu ≤ {format_duration(budget_s)}"
 
 
 @app.command(epilog="Example: zqtool demo --bits 8")

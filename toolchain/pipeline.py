@@ -679,7 +679,8 @@ def run(model: str | Path, data: str | Path, *, load_options: dict | None = None
         cached=cached_stages["quantize"], scheme=q.scheme.to_dict(), seed=seed, wall_s=qlog.get("wall_s"),
         method_s=qlog.get("method_s"), reused=qlog.get("reused", {}), device=qlog.get("device"),
         float_ops=qlog.get("float_ops", {}), unknown_ops=qlog.get("unknown_ops", {}),
-        mixed_precision=None if mp is None else mp.plan)
+        mixed_precision=None if mp is None else mp.plan,
+        reconstruct=qlog.get("method_config", {}).get("reconstruct"))
     artifacts = Artifacts(fp=str(fp.dir), q=str(q.dir), onnx=str(onnx.dir), qdq=str(onnx.qdq_path),
                           fp32=str(onnx.fp32_path))
     return RunReport(verify=dataclasses.replace(report, warnings=tuple(warnings_)), quantize=quantize,

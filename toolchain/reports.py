@@ -140,7 +140,9 @@ class QuantizeSection(Record):
     built; ``method_s``: its cost from scratch (reused cached artifacts' build seconds added, per
     artifact in ``reused``); ``scheme``: :meth:`~toolchain.quant.scheme.QuantScheme.to_dict`;
     ``float_ops`` / ``unknown_ops``: op → count run in float between DequantizeLinear and QuantizeLinear;
-    ``mixed_precision``: the :class:`MixedPrecisionPlan` of a ``--size-budget`` run (absent otherwise).
+    ``mixed_precision``: the :class:`MixedPrecisionPlan` of a ``--size-budget`` run (absent otherwise);
+    ``reconstruct``: the block reconstruction the method ended with (``--set reconstruct=…``; absent
+    for "none"); ``label``: ``method`` or ``method+reconstruct``, as ``compare --methods`` names it.
     """
 
     method: str
@@ -156,6 +158,15 @@ class QuantizeSection(Record):
     float_ops: dict[str, int]
     unknown_ops: dict[str, int]
     mixed_precision: MixedPrecisionPlan | None = omitted_if_none()
+    reconstruct: str | None = omitted_if_none()
+
+    def __post_init__(self):
+        if self.reconstruct == "none":  # one spelling of "no reconstruction" in reports
+            object.__setattr__(self, "reconstruct", None)
+
+    @property
+    def label(self) -> str:
+        return self.method if self.reconstruct in (None, "none") else f"{self.method}+{self.reconstruct}"
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from typing import Callable, Sequence
 from ..artifacts import Store, write_json, write_text
 from ..core.errors import ConfigError, ZqError
 from ..progress import null_progress
-from .options import parse_bits, parse_methods, parse_size_budgets, parse_threads
+from .options import entry_settings, method_of, parse_bits, parse_methods, parse_size_budgets, parse_threads
 from .render import compare_markdown, write_plot
 from .result import JSON_NAME, MD_NAME, PNG_NAME, REPORTS_DIR, CompareResult, CompareSettings, environment
 from .row import CompareRow, pending_row, row_from_reports
@@ -33,12 +33,13 @@ def compare(model: str | Path, data: str | Path, *, methods: Sequence[str], bits
 
     Args:
         model, data: as for :func:`toolchain.pipeline.run` (a model file; an .npz or image folder).
-        methods: registered method names (see :func:`~.options.parse_methods`).
+        methods: registered method names, or ``METHOD+RECONSTRUCTION`` for the method ending with a
+            block reconstruction (see :func:`~.options.parse_methods`).
         bits: bit widths; each pair is W=A=bits with first/last layers at ``first_last_bits``.
         target: deployment target of every pair's scheme (:mod:`toolchain.targets`; None = portable).
         out_dir: where compare.json / compare.md / compare.png / reports/ go (created).
-        overrides: ``{method: {key: value}}`` method settings (see :func:`~.options.split_overrides`;
-            ``mp.`` keys are mixed-precision settings).
+        overrides: ``{entry: {key: value}}`` method settings (see :func:`~.options.split_overrides`;
+            ``mp.`` keys are mixed-precision settings); an entry's own settings (``+adaround``) are added.
         fmt: export format of every pair; None: ``qdq``, and for mixed-precision rows the format whose
             file holds the bytes their budget counts (``int4`` by default).
         size_budgets: after each (method, bits) pair, one mixed-precision row per fraction F: activations
@@ -65,7 +66,7 @@ def compare(model: str | Path, data: str | Path, *, methods: Sequence[str], bits
     out_dir = Path(out_dir)
     methods, bits, threads = parse_methods(methods), parse_bits(bits), parse_threads(threads)
     size_budgets = parse_size_budgets(size_budgets)
-    overrides = {m: dict((overrides or {}).get(m) or {}) for m in methods}
+    overrides = {m: {**dict((overrides or {}).get(m) or {}), **entry_settings(m)} for m in methods}
     schemes = _check_grid(methods, bits, first_last_bits, target, budget, overrides, fmt, size_budgets)
     load_options = dict(load_options or {})
     name = _check_inputs(model, data, load_options, limit, store)
@@ -118,7 +119,7 @@ def _check_grid(methods, bits, first_last_bits, target, budget, overrides, fmt, 
     schemes = {b: QuantScheme.from_bits(b, first_last_bits=first_last_bits, target=target) for b in bits}
     for m in methods:
         own, every = method_overrides(overrides[m], size_budgets[0] if size_budgets else None)
-        cfg = method_config(m, budget, None, own)[1]
+        cfg = method_config(method_of(m), budget, None, own)[1]
         if size_budgets:
             mixed_precision_config(cfg, budget, split_overrides(every)[1])
     return schemes
@@ -144,9 +145,9 @@ def _run_pair(pending: CompareRow, model, data, scheme, threads: Sequence[int], 
               run_options: dict, out_dir: Path, on_stage) -> CompareRow:
     """The ``pending`` pair verified at every thread count (each report written to ``reports/``), as
     its row; an exception becomes a ``failed`` row (with ``ZQTOOL_DEBUG=1`` a non-ZqError propagates)."""
-    method = pending.method
+    method = method_of(pending.method)
     from ..pipeline import run
-    name = f"{method}-{scheme.tag}" + ("" if pending.size_budget is None else f"-mp{pending.size_budget:g}")
+    name = f"{pending.method}-{scheme.tag}" + ("" if pending.size_budget is None else f"-mp{pending.size_budget:g}")
     if pending.size_budget is None:  # the mp. settings are for the mixed-precision rows only
         overrides = {k: v for k, v in overrides.items() if not k.startswith("mp.")}
     t0 = time.perf_counter()

@@ -17,19 +17,46 @@ def _items(text: str | Sequence, name: str) -> list[str]:
     return list(dict.fromkeys(items))  # de-duplicated, order kept
 
 
+#: ``METHOD+RECONSTRUCTION`` in ``--methods``: the method ending with that block reconstruction
+#: (``--set reconstruct=…``), a row of its own beside the plain method's
+VARIANT_SEP = "+"
+
+
+def method_of(entry: str) -> str:
+    """The registered method of a ``--methods`` entry: ``"bnstat+adaround"`` → ``"bnstat"``."""
+    return entry.split(VARIANT_SEP, 1)[0]
+
+
+def entry_settings(entry: str) -> dict[str, str]:
+    """The settings a ``--methods`` entry implies: ``{"reconstruct": "adaround"}`` for
+    ``"bnstat+adaround"``, ``{}`` for a plain method."""
+    _, sep, recon = entry.partition(VARIANT_SEP)
+    return {"reconstruct": recon} if sep else {}
+
+
 def parse_methods(text: str | Sequence[str]) -> list[str]:
-    """``"minmax,bnstat"`` → ``["minmax", "bnstat"]``, checked against the method registry.
+    """``"minmax,bnstat,bnstat+adaround"`` → ``["minmax", "bnstat", "bnstat+adaround"]``, each a
+    registered method, optionally ``+`` a block reconstruction (:data:`~toolchain.methods.reconstruct.RECONSTRUCTIONS`).
 
     Raises:
-        ConfigError: an empty list or a name that is not registered (the message lists them all).
+        ConfigError: an empty list, a name that is not registered or an unknown reconstruction (the
+        message lists the choices).
     """
+    from ..methods.reconstruct import RECONSTRUCTIONS
     from ..methods.registry import list_methods
     methods = _items(text, "methods")
     known = list_methods()
-    unknown = [m for m in methods if m not in known]
+    unknown = [m for m in methods if method_of(m) not in known]
     if unknown:
         raise ConfigError(f"unknown method{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} "
                           f"in --methods", f"available: {', '.join(known)}")
+    recons = [r for r in RECONSTRUCTIONS if r != "none"]
+    for m in methods:
+        r = entry_settings(m).get("reconstruct")
+        if r is not None and r not in recons:
+            raise ConfigError(f"unknown reconstruction {r!r} in --methods entry {m!r}",
+                              f"METHOD{VARIANT_SEP}RECONSTRUCTION with one of: {', '.join(recons)} "
+                              f"(e.g. bnstat{VARIANT_SEP}{recons[0]})")
     return methods
 
 
@@ -78,11 +105,13 @@ def split_overrides(items: Iterable[str] | None, methods: Sequence[str]) -> dict
     """Route ``--set`` items to methods: ``METHOD.key=value`` sets ``key`` of that method only;
     ``key=value`` sets it on every listed method whose config has ``key``; ``mp.key=value`` (a
     mixed-precision setting, :mod:`toolchain.methods.sensitivity`) goes to every method's runs as is.
-    A method-specific value wins over a plain one. Items for a registered method not in ``methods``
-    are ignored (so a script may keep them while its method list is overridden).
+    A method-specific value wins over a plain one, and an entry's own settings
+    (:func:`entry_settings`, ``bnstat+adaround``) win over both. Items for a registered method not in
+    ``methods`` are ignored (so a script may keep them while its method list is overridden);
+    ``METHOD.key`` applies to every entry of that method (``bnstat`` and ``bnstat+adaround``).
 
     Returns:
-        ``{method: {key: value-string}}`` for every method in ``methods``.
+        ``{entry: {key: value-string}}`` for every entry in ``methods``.
 
     Raises:
         ConfigError: not ``key=value``; an unregistered METHOD prefix; a plain key that no listed
@@ -96,22 +125,23 @@ def split_overrides(items: Iterable[str] | None, methods: Sequence[str]) -> dict
         if k.startswith("mp."):
             for m in methods:
                 per[m][k] = v
-        elif "." in k:
+        elif "." in k and k.split(".", 1)[0] in list_methods():
             specific.append((k, v))
         else:
             plain[k] = v
     for k, v in plain.items():
-        takers = [m for m in methods if accepts(get_method(m).Config, k)]
+        takers = [m for m in methods if accepts(get_method(method_of(m)).Config, k)]
         if not takers:
             raise ConfigError(f"--set {k}={v}: none of {', '.join(methods)} has a setting {k!r}",
-                              "use --set METHOD.key=value for one method; `zqtool list methods` names them")
+                              "use --set METHOD.key=value for one method (a METHOD is one of: "
+                              f"{', '.join(list_methods())}); `zqtool list methods` names them")
         for m in takers:
             per[m][k] = v
     for k, v in specific:
         m, key = k.split(".", 1)
-        if m not in list_methods():
-            raise ConfigError(f"--set {k}={v}: {m!r} is not a method",
-                              f"use --set METHOD.key=value with one of: {', '.join(list_methods())}")
-        if m in per:
-            per[m][key] = v
+        for entry in methods:
+            if method_of(entry) == m:
+                per[entry][key] = v
+    for entry in methods:
+        per[entry].update(entry_settings(entry))
     return per

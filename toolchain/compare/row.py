@@ -153,7 +153,7 @@ def row_from_reports(reports: Sequence[RunReport], model: str | None = None) -> 
     latency = tuple(LatencyRow.of(rep.verify.latency_ms)
                     for rep in sorted(reports, key=lambda x: x.verify.latency_ms.threads))
     return CompareRow(
-        model=model or v.meta.arch, method=q.method, wbits=s["wbits"] if mp is None else None, abits=s["abits"],
+        model=model or v.meta.arch, method=q.label, wbits=s["wbits"] if mp is None else None, abits=s["abits"],
         first_last_bits=s["first_last_bits"], status="ok", error=None, n_images=v.n_images,
         fp32_top1=fp, top1=qt, top1_stderr=v.top1_stderr, top1_drop=None if fp is None else fp - qt,
         agreement_top1=v.agreement_top1, fp32_top5=v.fp32.top5, top5=v.quantized.top5,
@@ -182,7 +182,7 @@ def load_rows(paths: Iterable[str | Path]) -> list[CompareRow]:
         rep = RunReport.from_dict(d)
         q, s = rep.quantize, rep.quantize.scheme
         budget = None if q.mixed_precision is None else q.mixed_precision.size_budget
-        key = (rep.verify.meta.arch or Path(p).stem, q.method, s["wbits"], s["abits"], s["first_last_bits"], budget)
+        key = (rep.verify.meta.arch or Path(p).stem, q.label, s["wbits"], s["abits"], s["first_last_bits"], budget)
         groups.setdefault(key, {})[rep.verify.latency_ms.threads] = rep
     for key in sorted(groups, key=lambda k: (k[0], k[1], -k[2], k[5] is not None, -(k[5] or 0))):
         rows.append(row_from_reports(list(groups[key].values()), model=key[0]))
