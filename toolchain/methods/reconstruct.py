@@ -50,7 +50,7 @@ class ReconstructionConfig(Settings):
     """Settings of block reconstruction (the ``recon`` group of every method's config).
 
     Attributes:
-        steps: optimizer steps per block (BRECQ: 20,000).
+        steps: optimizer steps per block (BRECQ: 20,000; the ``paper`` recipes use that).
         batch: images per step (BRECQ: 32).
         images: synthetic images to reconstruct on, when the method has no synthetic set of its own.
         round_lr: Adam learning rate of the rounding logits (BRECQ: 1e-3).
@@ -60,10 +60,11 @@ class ReconstructionConfig(Settings):
         beta_start, beta_end: the regularizer's β, annealed linearly after the warm-up (20 → 2).
         block_layers: merge consecutive blocks until each holds at least this many layers.
         weight_init: "mse" (BRECQ's clipped-scale search, p = 2.4) or "minmax" (keep the scales).
-        drop: QDrop's probability of passing an activation unquantized during training (0: off).
+        drop: QDrop's probability of passing an activation unquantized during training (QDrop: 0.5;
+            0: off).
     """
 
-    steps: int = setting(500, ge=1)
+    steps: int = setting(1000, ge=1)
     batch: int = setting(32, ge=1)
     images: int = setting(256, ge=2)
     round_lr: float = setting(1e-3, gt=0)
@@ -74,7 +75,7 @@ class ReconstructionConfig(Settings):
     beta_end: float = setting(2.0, gt=0)
     block_layers: int = setting(1, ge=1)
     weight_init: str = setting("mse", choices=WEIGHT_INITS)
-    drop: float = setting(0.0, ge=0, le=1)
+    drop: float = setting(0.5, ge=0, le=1)
 
 
 @dataclass

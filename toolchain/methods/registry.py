@@ -22,7 +22,7 @@ from ..core.meta import ModelMeta
 from ..quant.model import QuantizedModel
 from ..quant.scheme import QuantScheme
 from .reconstruct import RECONSTRUCTIONS, ReconstructionConfig
-from .schedule import Knob, Phase, synthesis_phase, valid_duration
+from .schedule import RECONSTRUCTION_STEP_COST, Knob, Phase, synthesis_phase, valid_duration
 
 _METHODS: dict[str, type["Method"]] = {}
 
@@ -188,8 +188,9 @@ class Method:
             s = SynthesisConfig(num_images=r.images)
             out.append(dataclasses.replace(synthesis_phase("reconstruction set", s, is_cached("synth", dataclasses.asdict(s))),
                                            knobs=(Knob("recon.images", min(32, r.images), 8),)))
-        # a step trains one block; the blocks together cost about one quantized-model pass
-        out.append(Phase("reconstruction", r.steps, r.batch, 2.5, (Knob("recon.steps", min(100, r.steps), 50),)))
+        # a step trains one block; over all blocks a step costs RECONSTRUCTION_STEP_COST FP passes an image
+        out.append(Phase("reconstruction", r.steps, r.batch, RECONSTRUCTION_STEP_COST,
+                         (Knob("recon.steps", min(100, r.steps), 50),)))
         return out
 
     def quantize(self, ctx: MethodContext) -> QuantizedModel:

@@ -118,6 +118,11 @@ class SchedulePlan:
 #: forward+backward through the generated images)
 DISTILL_STEP_COST = 2.0
 GENERATOR_STEP_COST = 2.7
+#: FP-pass units per image of one reconstruction step summed over the blocks (each block's FP and
+#: fake-quantized forward, its backward through the rounding and step-size parameters, and the
+#: per-step overhead of small blocks): measured 5.2 on ResNet-20 (gznq W4A4 + adaround, 1,000 steps,
+#: 113 s estimated at 2.5 vs 235 s run, idle 2-core EPYC; docs/time_budget.md)
+RECONSTRUCTION_STEP_COST = 5.0
 
 _UNITS = {"s": 1, "m": 60, "h": 3600}
 
