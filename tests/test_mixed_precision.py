@@ -354,3 +354,19 @@ def test_run_and_compare_report_the_chosen_widths(files, tmp_path):
     md = (out / "compare.md").read_text()
     assert f"| mp 0.90 (avg {mp.avg_wbits:.1f} b), A8 (8) |" in md and "size budgets 0.9" in md
     assert (out / "reports" / "minmax-w8a8-mp0.9-t1.json").is_file()
+
+
+def test_the_sensitivity_set_fits_the_methods_time_budget(files, tmp_path):
+    model, _ = files
+    store = Store(tmp_path / "runs")
+    fp = load_stage(model, arch="tinynet", store=store)
+    big = {**FAST_MP, "mp.synthesis.num_images": "64", "mp.synthesis.iterations": "40"}
+
+    def synthetic_sets():
+        return sorted((d["config"]["num_images"], d["config"]["iterations"])
+                      for d in (json.loads(p.read_text()) for p in (store.root / "synth").glob("*/config.json")))
+
+    mixed_precision_stage(fp, size_budget=0.95, overrides={**big, "time_budget": "0.001s"}, store=store)
+    assert synthetic_sets() == [(32, 20)]  # scaled to the floors
+    mixed_precision_stage(fp, size_budget=0.95, overrides={**big, "time_budget": "none"}, store=store)
+    assert synthetic_sets() == [(32, 20), (64, 40)]

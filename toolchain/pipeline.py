@@ -421,7 +421,9 @@ def mixed_precision_stage(fp: FPArtifact, *, size_budget: float, scheme: QuantSc
     store = store or Store()
     base = dataclasses.replace(scheme or QuantScheme(), layer_wbits=())
     method_overrides, mp_overrides = split_overrides(overrides)
-    mp_cfg = mixed_precision_config(method_config(method, budget, recipe, method_overrides)[1], budget, mp_overrides)
+    method_cfg = method_config(method, budget, recipe, method_overrides)[1]
+    mp_cfg = _fit_mp_synthesis(fp, mixed_precision_config(method_cfg, budget, mp_overrides), method_cfg.time_budget,
+                               seed, device, store, progress)
     size_model = get_size_model(mp_cfg.size_model)
     key = content_key({"stage": MP_STAGE, "fp": fp.key, "config": dataclasses.asdict(mp_cfg), "seed": seed,
                        "scheme": {k: v for k, v in base.to_dict().items() if k != "wbits"},
@@ -436,6 +438,29 @@ def mixed_precision_stage(fp: FPArtifact, *, size_budget: float, scheme: QuantSc
     new_scheme, mp = plan(sens, base, size_budget, size_model=size_model.name, file_bytes=saved["file_bytes"])
     mp = dataclasses.replace(mp, sensitivity_dir=str(d), sensitivity_s=saved.get("build_s"))
     return MPArtifact(d, key, new_scheme, mp)
+
+
+def _fit_mp_synthesis(fp: FPArtifact, mp_cfg, time_budget, seed: int, device: str, store: Store, progress):
+    """``mp_cfg`` with its synthetic set fitted to the method's ``time_budget`` as the method's own
+    synthesis is (:func:`~toolchain.methods.schedule.fit_schedule`; the plan is printed); unchanged
+    without a budget or when the set is already cached."""
+    from .methods.schedule import fit_schedule, parse_duration, probe_pass_seconds, synthesis_phase
+    from .progress import say
+    from .quant.rewrite import fp_graph_module
+    budget_s = parse_duration(time_budget)
+
+    def phases_of(c):
+        cached = store.done(SYNTH_STAGE, _synth_key(fp, "synth", dataclasses.asdict(c.synthesis), seed))
+        return [synthesis_phase("sensitivity set", c.synthesis, cached)]
+
+    if budget_s is None or phases_of(mp_cfg)[0].cached:
+        return mp_cfg
+    dev = resolve_device(device)
+    with preserved_rng():
+        pass_s = probe_pass_seconds(fp_graph_module(fp.program()).to(dev).eval(), fp.meta.input_shape, dev)
+    fitted, plan = fit_schedule(mp_cfg, phases_of, budget_s, pass_s)
+    say(progress, "mixed precision " + plan.summary())
+    return fitted
 
 
 def method_overrides(overrides: dict | None, size_budget: float | None) -> tuple[dict, dict]:
