@@ -3,6 +3,8 @@ method can end with, checkpoints — on tinynet and tiny hand-made graphs in sec
 
 from __future__ import annotations
 
+import copy
+
 import json
 
 import onnx
@@ -147,6 +149,25 @@ def test_reconstruction_lowers_every_blocks_output_error_and_the_models(tiny):
     assert output_mse(qm, qm, x) < before  # on images it was not trained on
     assert not any(p.requires_grad for q in qm.quantizers() for p in [q.scale])
     assert not any(isinstance(layer.weight_quant, adaround.AdaRoundWeightQuant) for layer in qm.layers().values())
+
+
+def test_a_block_made_worse_is_restored_to_round_to_nearest(tiny, monkeypatch):
+    from toolchain.methods import reconstruct as rec
+    torch.manual_seed(0)
+    qm = calibrated(tiny, 4)
+    x = images(32)
+    reference = copy.deepcopy(qm)
+
+    def sabotage(block, qmodel, *args, **kwargs):  # a "reconstruction" that ruins the block
+        with torch.no_grad():
+            for name in block.layers:
+                qmodel.gm.get_submodule(name).weight.mul_(-1)
+
+    monkeypatch.setattr(rec, "reconstruct_block", sabotage)
+    log = adaround_blocks(qm, x, ReconstructionConfig(steps=1, weight_init="minmax"))
+    assert log.blocks and not any(b.kept for b in log.blocks) and all(b.mse_after > b.mse_before for b in log.blocks)
+    assert all(torch.equal(a, b) for a, b in zip(qm.state_dict().values(), reference.state_dict().values()))
+    assert log.to_dict()["blocks"][0]["kept"] is False
 
 
 def test_resume_after_an_interruption_gives_the_same_model(tiny, tmp_path):

@@ -19,7 +19,9 @@ single layers elsewhere), in graph order,
    block's input, passes the FP value instead of the quantized one for a random ``drop`` share of
    the elements during training (never at evaluation);
 5. the learned codes are baked into the layer weights (:func:`toolchain.quant.adaround.bake`),
-   so the exported model holds exactly them.
+   so the exported model holds exactly them;
+6. a block whose output error on the set is higher after than before is restored to its
+   round-to-nearest state (``BlockLog.kept`` False): never worse than not reconstructing it.
 
 Before the first block the weight scales can be set by BRECQ's MSE search (``weight_init``).
 The images come from the method (:meth:`~.registry.Method.reconstruction_images`: its own
@@ -81,17 +83,19 @@ class ReconstructionConfig(Settings):
 @dataclass
 class BlockLog:
     """What reconstructing one block did: its layers, the loss before/after (mean squared error of
-    its output against the FP block's, on the whole set) and the seconds it took."""
+    its output against the FP block's, on the whole set), the seconds it took, and whether the
+    learned state was kept (False: it was worse than before and the block was restored)."""
 
     name: str
     layers: list[str]
     mse_before: float
     mse_after: float
     seconds: float
+    kept: bool = True
 
     def to_dict(self) -> dict:
         return {"name": self.name, "layers": self.layers, "mse_before": self.mse_before,
-                "mse_after": self.mse_after, "seconds": round(self.seconds, 3)}
+                "mse_after": self.mse_after, "seconds": round(self.seconds, 3), "kept": self.kept}
 
 
 @dataclass
@@ -147,6 +151,18 @@ class _QDrop:
     def remove(self):
         for h in self.handles:
             h.remove()
+
+
+def _block_state(qmodel: QuantizedModel, block: Block) -> dict[str, dict]:
+    """A copy of the state of ``block``'s layers and activation quantizers (weights, biases, scales)."""
+    return {name: {k: v.detach().clone() for k, v in qmodel.gm.get_submodule(name).state_dict().items()}
+            for name in (*block.layers, *block.act_quantizers)}
+
+
+def _restore_block(qmodel: QuantizedModel, saved: dict[str, dict]) -> None:
+    with torch.no_grad():
+        for name, state in saved.items():
+            qmodel.gm.get_submodule(name).load_state_dict(state)
 
 
 def _block_mse(block: Block, x: torch.Tensor, y: torch.Tensor, batch: int) -> float:
@@ -265,11 +281,16 @@ def adaround_blocks(qmodel: QuantizedModel, images: torch.Tensor, cfg: Reconstru
             with reference.float_mode():
                 y_fp = _batched(fp_block.module, x_fp, cfg.batch)
             before = _block_mse(block, x_q, y_fp, cfg.batch)
+            saved = _block_state(qmodel, block)
             reconstruct_block(block, qmodel, x_q, x_fp, y_fp, cfg, task)
-            x_q = _batched(block.module, x_q, cfg.batch)
-            after = float((x_q - y_fp).pow(2).mean())
-            x_fp = y_fp
-            log.blocks.append(BlockLog(block.name, block.layers, before, after, time.perf_counter() - tb))
+            out = _batched(block.module, x_q, cfg.batch)
+            after = float((out - y_fp).pow(2).mean())
+            kept = after <= before
+            if not kept:  # never worse than round-to-nearest on the reconstruction set
+                _restore_block(qmodel, saved)
+                out = _batched(block.module, x_q, cfg.batch)
+            x_q, x_fp = out, y_fp
+            log.blocks.append(BlockLog(block.name, block.layers, before, after, time.perf_counter() - tb, kept))
             ckpt.save({"qmodel": qmodel.state_dict(), "done": block.index + 1,
                        "blocks": [b.to_dict() for b in log.blocks]})
     finally:
