@@ -296,8 +296,7 @@ def _fit_schedule(cls, cfg, scheme: QuantScheme, teacher, fp: FPArtifact, seed: 
     """(the config to run, its :class:`~toolchain.methods.schedule.SchedulePlan` or None): with long
     phases, one timed FP pass estimates the duration and a ``time_budget`` lowers the phases' settings
     to fit (:func:`~toolchain.methods.schedule.fit_schedule`); the plan is printed before the work."""
-    from .methods.schedule import fit_schedule, parse_duration, probe_pass_seconds
-    from .progress import say
+    from .methods.schedule import parse_duration
 
     def is_cached(kind: str, k: dict) -> bool:
         return store.done(SYNTH_STAGE, _synth_key(fp, kind, k, seed))
@@ -305,12 +304,20 @@ def _fit_schedule(cls, cfg, scheme: QuantScheme, teacher, fp: FPArtifact, seed: 
     def phases_of(c):
         return cls(c).phases(scheme, is_cached)
 
+    return _fitted(cfg, phases_of, parse_duration(cfg.time_budget), teacher, fp.meta.input_shape, dev, progress)
+
+
+def _fitted(cfg, phases_of, budget_s, model, input_shape, dev, progress, label: str = ""):
+    """(``cfg`` fitted to ``budget_s`` by one timed pass of ``model``, the plan printed with ``label``;
+    or (``cfg``, None) when every phase is cached)."""
+    from .methods.schedule import fit_schedule, probe_pass_seconds
+    from .progress import say
     if not any(not p.cached for p in phases_of(cfg)):
         return cfg, None
     with preserved_rng():
-        pass_s = probe_pass_seconds(teacher, fp.meta.input_shape, dev)
-    run_cfg, plan = fit_schedule(cfg, phases_of, parse_duration(cfg.time_budget), pass_s)
-    say(progress, plan.summary())
+        pass_s = probe_pass_seconds(model, input_shape, dev)
+    run_cfg, plan = fit_schedule(cfg, phases_of, budget_s, pass_s)
+    say(progress, label + plan.summary())
     return run_cfg, plan
 
 
@@ -444,8 +451,7 @@ def _fit_mp_synthesis(fp: FPArtifact, mp_cfg, time_budget, seed: int, device: st
     """``mp_cfg`` with its synthetic set fitted to the method's ``time_budget`` as the method's own
     synthesis is (:func:`~toolchain.methods.schedule.fit_schedule`; the plan is printed); unchanged
     without a budget or when the set is already cached."""
-    from .methods.schedule import fit_schedule, parse_duration, probe_pass_seconds, synthesis_phase
-    from .progress import say
+    from .methods.schedule import parse_duration, synthesis_phase
     from .quant.rewrite import fp_graph_module
     budget_s = parse_duration(time_budget)
 
@@ -456,11 +462,8 @@ def _fit_mp_synthesis(fp: FPArtifact, mp_cfg, time_budget, seed: int, device: st
     if budget_s is None or phases_of(mp_cfg)[0].cached:
         return mp_cfg
     dev = resolve_device(device)
-    with preserved_rng():
-        pass_s = probe_pass_seconds(fp_graph_module(fp.program()).to(dev).eval(), fp.meta.input_shape, dev)
-    fitted, plan = fit_schedule(mp_cfg, phases_of, budget_s, pass_s)
-    say(progress, "mixed precision " + plan.summary())
-    return fitted
+    return _fitted(mp_cfg, phases_of, budget_s, fp_graph_module(fp.program()).to(dev).eval(), fp.meta.input_shape,
+                   dev, progress, "mixed precision ")[0]
 
 
 def method_overrides(overrides: dict | None, size_budget: float | None) -> tuple[dict, dict]:

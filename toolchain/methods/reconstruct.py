@@ -165,9 +165,10 @@ def _restore_block(qmodel: QuantizedModel, saved: dict[str, dict]) -> None:
             qmodel.gm.get_submodule(name).load_state_dict(state)
 
 
-def _block_mse(block: Block, x: torch.Tensor, y: torch.Tensor, batch: int) -> float:
+def _block_output(block: Block, x: torch.Tensor, y: torch.Tensor, batch: int) -> tuple[torch.Tensor, float]:
+    """(the block's output on ``x``, its mean squared error against ``y``)."""
     out = _batched(block.module, x, batch)
-    return float((out - y).pow(2).mean())
+    return out, float((out - y).pow(2).mean())
 
 
 def reconstruct_block(block: Block, qmodel: QuantizedModel, x_q: torch.Tensor, x_fp: torch.Tensor,
@@ -280,15 +281,14 @@ def adaround_blocks(qmodel: QuantizedModel, images: torch.Tensor, cfg: Reconstru
             tb = time.perf_counter()
             with reference.float_mode():
                 y_fp = _batched(fp_block.module, x_fp, cfg.batch)
-            before = _block_mse(block, x_q, y_fp, cfg.batch)
+            out_before, before = _block_output(block, x_q, y_fp, cfg.batch)
             saved = _block_state(qmodel, block)
             reconstruct_block(block, qmodel, x_q, x_fp, y_fp, cfg, task)
-            out = _batched(block.module, x_q, cfg.batch)
-            after = float((out - y_fp).pow(2).mean())
+            out, after = _block_output(block, x_q, y_fp, cfg.batch)
             kept = after <= before
             if not kept:  # never worse than round-to-nearest on the reconstruction set
                 _restore_block(qmodel, saved)
-                out = _batched(block.module, x_q, cfg.batch)
+                out = out_before
             x_q, x_fp = out, y_fp
             log.blocks.append(BlockLog(block.name, block.layers, before, after, time.perf_counter() - tb, kept))
             ckpt.save({"qmodel": qmodel.state_dict(), "done": block.index + 1,
