@@ -39,7 +39,7 @@ from .images import clamp_pixels, pixel_bounds
 from .loop import TrainLoop
 from .registry import Method, MethodContext, register_method
 from .schedule import DISTILL_STEP_COST, Knob, Phase, synthesis_phase
-from .student import StudentConfig, student_param_groups, training
+from .student import StudentBN, StudentConfig, student_param_groups, training
 from .synthesis import SynthesisConfig
 
 FINETUNE_MODES = ("auto", "on", "off")
@@ -327,6 +327,8 @@ class GZNQ(Method):
                     x = jitter_flip(x, jitter, flip)
             return x, labels[idx]
 
+        student_bn = StudentBN(qmodel, s, c.ft_steps)
+        ctx.log["student_bn"] = student_bn.log()
         groups, params = student_param_groups(qmodel, c.ft_lr, learn_weight_scales=s.learn_weight_scales,
                                               learn_act_scales=s.learn_act_scales, scale_lr_ratio=s.scale_lr_ratio)
         opt, sched = make_optimizer(groups, s.optimizer, c.ft_lr, c.ft_steps, c.ft_momentum, c.ft_weight_decay)
@@ -335,8 +337,8 @@ class GZNQ(Method):
         self.loop = loop = TrainLoop(
             [player], c.ft_steps, {"student": qmodel}, counter="step",
             checkpointer=Checkpointer(ctx.workdir, "gznq_ft.ckpt", dataclasses.asdict(c)),
-            checkpoint_every=s.checkpoint_every, log_every=s.log_every)
-        with training(qmodel):
+            checkpoint_every=s.checkpoint_every, log_every=s.log_every, hooks=[student_bn.on_round])
+        with training(qmodel, student_bn.fold):
             loop.resume(ctx.log, "resumed_from_step")
             ctx.log["curves"] = loop.run_with_progress(ctx.progress, f"GZNQ: {c.ft_steps} distillation steps")
         loop.checkpointer.clear()

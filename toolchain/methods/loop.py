@@ -63,6 +63,8 @@ class TrainLoop(Resumable):
         checkpoint_every: rounds between checkpoints (0: never).
         log_every: rounds between loss-curve entries (the last round is always recorded).
         counter: the curves' name of the round index ("round", or "step" for distillation).
+        hooks: callables called with the 0-based round index before each round is played (e.g.
+            freezing the student's BN after a share of the schedule, :class:`~.student.StudentBN`).
 
     Raises:
         ValueError: a negative count, log_every < 1 or no player.
@@ -70,13 +72,14 @@ class TrainLoop(Resumable):
 
     def __init__(self, players: Sequence[Player], rounds: int, modules: dict[str, nn.Module], *,
                  checkpointer: Checkpointer | None = None, checkpoint_every: int = 0, log_every: int = 10,
-                 counter: str = "round"):
+                 counter: str = "round", hooks: Sequence[Callable[[int], None]] = ()):
         players = list(players)
         if not players or rounds < 0 or checkpoint_every < 0 or log_every < 1 or min(p.steps for p in players) < 0:
             raise ValueError("a loop needs players, rounds/steps/checkpoint_every >= 0 and log_every >= 1")
         self.players, self.rounds, self.modules = players, rounds, modules
         self.checkpointer = checkpointer or Checkpointer(None)
         self.checkpoint_every, self.log_every, self.counter = checkpoint_every, log_every, counter
+        self.hooks = list(hooks)
         self.round = 0
         self.curves: dict[str, list] = {counter: []}
         self.resumed_from: int | None = None
@@ -141,6 +144,8 @@ class TrainLoop(Resumable):
         try:
             while self.round < self.rounds:
                 r = self.round
+                for hook in self.hooks:
+                    hook(r)
                 last = {}
                 for player in self.players:
                     for _ in range(player.steps):

@@ -101,7 +101,7 @@ from .loop import Player, TrainLoop
 from .margin import ClassifierTap, margin_cross_entropy
 from .registry import Method, MethodContext, register_method
 from .schedule import DISTILL_STEP_COST, GENERATOR_STEP_COST, Knob, Phase
-from .student import StudentConfig, calibrate_student, student_param_groups, training
+from .student import StudentBN, StudentConfig, calibrate_student, student_param_groups, training
 from .synthesis import match_bn_statistics
 
 DISTILL = ("dkd", "kd")
@@ -238,6 +238,8 @@ class LRQ(Method):
             acc = (logits.detach().argmax(1) == y).float().mean()
             return {"loss": ce + c.bn_weight * l_bn, "ce": ce, "bn": l_bn, "acc": acc}
 
+        student_bn = StudentBN(qmodel, s, c.rounds)
+        ctx.log["student_bn"] = student_bn.log()
         groups, q_params = student_param_groups(qmodel, c.lr_q, learn_weight_scales=s.learn_weight_scales,
                                                 learn_act_scales=s.learn_act_scales, scale_lr_ratio=s.scale_lr_ratio)
         opt_q, sched_q = make_optimizer(groups, s.optimizer, c.lr_q, c.rounds, c.momentum, c.weight_decay,
@@ -256,8 +258,8 @@ class LRQ(Method):
              Player("g", g_loss, g_params, opt_g, sched_g, steps=c.g_steps)],
             c.rounds, {"qmodel": qmodel, "generator": generator},
             checkpointer=Checkpointer(ctx.workdir, "lrq.ckpt", fingerprint),
-            checkpoint_every=s.checkpoint_every, log_every=s.log_every)
-        with training(qmodel):
+            checkpoint_every=s.checkpoint_every, log_every=s.log_every, hooks=[student_bn.on_round])
+        with training(qmodel, student_bn.fold):
             if not game.resume(ctx.log, "resumed_from_round"):
                 warmup.resume(ctx.log, "resumed_from_warmup_round")
                 if c.warmup_rounds:

@@ -10,16 +10,21 @@ The pieces every method that fine-tunes the deployable quantized model needs:
   (scales frozen while calibrating, the input given its exact range), then the learned scales
   switched back on;
 - :func:`training`: the block the training runs in, which freezes the scales again however it ends;
+- :class:`StudentBN`: ``bn_mode`` — train on the folded deploy model (``"folded"``) or with each
+  folded BN back in the loop, frozen after ``bn_freeze`` of the schedule and folded again at the end
+  (``"qat"``; Jacob et al. 2018 sec. 3.2, Krishnamoorthi 2018 sec. 3.2; :mod:`toolchain.quant.bn_qat`);
 - :class:`StudentConfig`: the settings of that training, a group every such method's config holds.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass
 
 import torch
 
+from ..quant import bn_qat
 from ..quant.calibrate import CALIBRATIONS
 from ..quant.model import QuantizedModel
 from .bnstat import calibrate_on
@@ -27,6 +32,7 @@ from .config import Settings, setting
 from .distill import OPTIMIZERS
 
 INPUT_QUANTIZER = "act_quant.input"
+BN_MODES = ("folded", "qat")
 
 
 def set_learned_scales(qmodel: QuantizedModel, weights: bool, acts: bool) -> None:
@@ -109,6 +115,11 @@ class StudentConfig(Settings):
             :data:`~toolchain.quant.calibrate.CALIBRATIONS`.
         checkpoint_every: steps (rounds) between checkpoints (0: none).
         log_every: steps (rounds) between loss-curve entries in log.json (>= 1).
+        bn_mode: "folded" (train the deploy model as it is) or "qat" (BN in the loop with batch
+            statistics, :class:`StudentBN`).
+        bn_freeze: with "qat", the share of the rounds after which BN is frozen (its deploy form;
+            1: only at the end).
+        bn_momentum: with "qat", the running statistics' update rate.
     """
 
     batch_size: int = setting(32, ge=2)
@@ -119,3 +130,43 @@ class StudentConfig(Settings):
     calibration: str = setting("mse", choices=CALIBRATIONS)
     checkpoint_every: int = setting(100, ge=0)
     log_every: int = setting(10, ge=1)
+    bn_mode: str = setting("folded", choices=BN_MODES)
+    bn_freeze: float = setting(0.5, ge=0, le=1)
+    bn_momentum: float = setting(0.1, gt=0, le=1)
+
+
+class StudentBN:
+    """The student's BN while it trains, as ``cfg.bn_mode`` says.
+
+    ``"folded"``: nothing (the BN stays folded in the weights). ``"qat"``: every layer whose BN was
+    folded gets it back (:func:`toolchain.quant.bn_qat.attach_bn_qat`) when this is built — build
+    it before :func:`student_param_groups`, so the BN's γ and β train with the weights, and before
+    the loop resumes, so a checkpoint's BN state loads; :meth:`on_round` (a
+    :class:`~.loop.TrainLoop` hook) freezes it from round ``⌈bn_freeze · rounds⌉`` on, and
+    :meth:`fold` (a :func:`training` cleanup) folds it with the running statistics.
+
+    Args:
+        qmodel: the student.
+        cfg: its training settings.
+        rounds: the rounds (steps) of the loop the hook is given to.
+    """
+
+    def __init__(self, qmodel: QuantizedModel, cfg: "StudentConfig", rounds: int):
+        self.qmodel, self.mode = qmodel, cfg.bn_mode
+        self.freeze_round = math.ceil(cfg.bn_freeze * rounds)
+        self.layers = bn_qat.attach_bn_qat(qmodel.layers(), cfg.bn_momentum) if self.mode == "qat" else []
+
+    def on_round(self, round_index: int) -> None:
+        """Freeze the BN (its deploy form) once ``round_index`` reaches the freeze round."""
+        if self.layers and round_index >= self.freeze_round:
+            bn_qat.freeze_bn_qat(self.qmodel.layers())
+
+    def fold(self) -> None:
+        """Fold the BN into the layers (weights, per-channel weight scales, biases) and detach it."""
+        if self.layers:
+            bn_qat.fold_bn_qat(self.qmodel.layers())
+            self.layers = []
+
+    def log(self) -> dict:
+        """What the run log records: the mode, the layers with BN in the loop, the freeze round."""
+        return {"mode": self.mode, "layers": len(self.layers), "freeze_round": self.freeze_round}

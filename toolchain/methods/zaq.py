@@ -58,7 +58,7 @@ from .loop import Player, TrainLoop
 from .registry import Method, MethodContext, register_method
 from .schedule import DISTILL_STEP_COST, GENERATOR_STEP_COST, Knob, Phase
 from .relation import FEATURE_WEIGHTS, feature_discrepancy
-from .student import StudentConfig, calibrate_student, student_param_groups, training
+from .student import StudentBN, StudentConfig, calibrate_student, student_param_groups, training
 
 
 def multistep(optimizer, rounds: int, gamma: float = 0.1):
@@ -144,6 +144,8 @@ class ZAQ(Method):
             act = feats_p[-1].abs().mean()
             return {"loss": -l_out - c.alpha * l_feat - c.beta * act, "out": l_out, "feat": l_feat, "act": act}
 
+        student_bn = StudentBN(qmodel, s, c.rounds)
+        ctx.log["student_bn"] = student_bn.log()
         groups, q_params = student_param_groups(qmodel, c.lr_q, learn_weight_scales=s.learn_weight_scales,
                                                 learn_act_scales=s.learn_act_scales, scale_lr_ratio=s.scale_lr_ratio)
         opt_q, _ = make_optimizer(groups, s.optimizer, c.lr_q, c.rounds, c.momentum, c.weight_decay)
@@ -153,8 +155,8 @@ class ZAQ(Method):
              Player("g", g_loss, list(generator.parameters()), opt_g, multistep(opt_g, c.rounds, c.lr_decay))],
             c.rounds, {"qmodel": qmodel, "generator": generator},
             checkpointer=Checkpointer(ctx.workdir, "zaq.ckpt", fingerprint=dataclasses.asdict(c)),
-            checkpoint_every=s.checkpoint_every, log_every=s.log_every)
-        with training(qmodel, t_taps.remove, s_taps.remove):
+            checkpoint_every=s.checkpoint_every, log_every=s.log_every, hooks=[student_bn.on_round])
+        with training(qmodel, t_taps.remove, s_taps.remove, student_bn.fold):
             if not game.resume(ctx.log, "resumed_from_round"):
                 with torch.no_grad():
                     batches = [images(False)[0] for _ in range(c.calib_batches)]

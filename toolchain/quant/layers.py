@@ -39,6 +39,8 @@ class QuantLayer(nn.Module):
         self._input_quant: ActPerTensorFloat | None = None
         #: "first", "last", "first+last" or "" — set by the rewrite
         self.role = ""
+        #: the BN trained in the loop with ``bn_mode = "qat"`` (:mod:`.bn_qat`); None when folded
+        self.bn_qat: nn.Module | None = None
 
     def set_weight_spec(self, spec: QuantSpec) -> None:
         """Give the weights a fresh quantizer for ``spec``, min-max initialized (``init_from``).
@@ -90,6 +92,9 @@ class QuantConv2d(QuantLayer):
         self.groups = int(groups)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.bn_qat is not None:
+            return self.bn_qat(self, F.conv2d(x, self.quant_weight(), None, self.stride, self.padding,
+                                              self.dilation, self.groups))
         return F.conv2d(x, self.quant_weight(), self.quant_bias(), self.stride, self.padding,
                         self.dilation, self.groups)
 
@@ -103,6 +108,8 @@ class QuantLinear(QuantLayer):
     """Linear on fake-quantized weights/bias. Input (N,in) float32 → output (N,out)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.bn_qat is not None:
+            return self.bn_qat(self, F.linear(x, self.quant_weight()))
         return F.linear(x, self.quant_weight(), self.quant_bias())
 
     def extra_repr(self) -> str:
