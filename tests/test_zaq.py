@@ -164,6 +164,36 @@ def test_config_is_validated():
     assert cpu.rounds < paper.rounds
 
 
+# ----------------------------------------------------------------------------- deviations
+def test_deviations_are_off_by_default_and_in_neither_recipe_unless_said():
+    cls = get_method("zaq")
+    d = cls.Config()
+    assert (d.bn_weight, d.warmup_rounds, d.q_refine_steps, d.student.bn_mode) == (0.0, 0, 0, "folded")
+    paper = build_config(cls.Config, load_recipe("zaq", "paper"))
+    assert (paper.bn_weight, paper.warmup_rounds, paper.q_refine_steps) == (0.0, 0, 0)
+
+
+def test_generator_warmup_runs_before_the_game(tiny, monkeypatch):
+    steps = []
+    monkeypatch.setattr(TrainLoop, "after_step", lambda self, player, r, losses: steps.append(player))
+    _, ctx, _ = run_zaq(tiny, rounds=2, q_steps=2, warmup_rounds=3, checkpoint_every=0)
+    assert steps == ["g"] * 3 + (["q"] * 2 + ["g"]) * 2
+    assert ctx.log["warmup_curves"]["round"] == [0, 1, 2]
+
+
+def test_bn_term_and_refinement_read_the_bn_statistics(tiny, monkeypatch):
+    import toolchain.methods.zaq as zaq
+    calls = []
+    real = zaq.match_bn_statistics
+    monkeypatch.setattr(zaq, "match_bn_statistics", lambda *a, **k: calls.append(a[3]) or real(*a, **k))
+    _, ctx, qm = run_zaq(tiny, rounds=2, q_steps=2, bn_weight=0.5, q_refine_steps=3)
+    assert calls == [3] * 4  # every Q batch, 3 steps each
+    assert "g_bn" in ctx.log["curves"] and all(v > 0 for v in ctx.log["curves"]["g_bn"])
+    assert get_method("zaq")(build_config(get_method("zaq").Config, {"bn_weight": 0.1})).needs_synthetic_images
+    assert not get_method("zaq")().needs_synthetic_images
+    assert torch.isfinite(qm(torch.rand(4, 1, 8, 8) * 2 - 1)).all()
+
+
 # ----------------------------------------------------------------------------- resume
 def test_interrupted_run_resumes_to_the_same_result(tiny, tmp_path, monkeypatch):
     _, ref_ctx, ref = run_zaq(tiny, tmp_path / "ref", rounds=5, checkpoint_every=2)

@@ -182,3 +182,32 @@ class TrainLoop(Resumable):
         """``self.run(task)`` under a progress task from ``progress(description, total)`` (total:
         the rounds), always closed."""
         return super().run_with_progress(progress, description, self.rounds if total is None else total)
+
+
+class WarmUp(TrainLoop):
+    """Generator-only rounds before a game (GDFQ's generator warm-up; LRQ, ZAQ's ``warmup_rounds``).
+
+    The game's quantized-model player sits the rounds out (0 steps) and the generator player moves
+    as in the game; no scheduler steps (the game's schedules start after it). :meth:`play` runs
+    what is left of it and checkpoints the finished warm-up, so a resume skips it.
+
+    Args:
+        q, g: the game's players (``q`` is kept only so the checkpoint holds the same optimizers).
+        rounds: warm-up rounds (0: none).
+        modules, checkpointer, checkpoint_every, log_every: as :class:`TrainLoop`.
+    """
+
+    def __init__(self, q: Player, g: Player, rounds: int, modules: dict[str, nn.Module], *,
+                 checkpointer: Checkpointer | None = None, checkpoint_every: int = 0, log_every: int = 10):
+        super().__init__([Player(q.name, q.loss, q.params, q.optimizer, None, 0),
+                          Player(g.name, g.loss, g.params, g.optimizer, None, g.steps)], rounds, modules,
+                         checkpointer=checkpointer, checkpoint_every=checkpoint_every, log_every=log_every)
+
+    def play(self, log: dict, progress, description: str) -> None:
+        """Resume (``log["resumed_from_warmup_round"]``), play the remaining rounds under a progress
+        task (curves in ``log["warmup_curves"]``) and checkpoint the end."""
+        self.resume(log, "resumed_from_warmup_round")
+        if self.rounds:
+            log["warmup_curves"] = self.run_with_progress(progress, description)
+            if self.checkpoint_every:
+                self.save()

@@ -97,7 +97,7 @@ from .config import Rule, group, setting
 from .distill import DKD_TARGETS, dkd_objective, kd_objective, make_optimizer
 from .generators import ConditionalGenerator, GeneratorSampler
 from .images import pixel_bounds
-from .loop import Player, TrainLoop
+from .loop import Player, TrainLoop, WarmUp
 from .margin import ClassifierTap, margin_cross_entropy
 from .registry import Method, MethodContext, register_method
 from .schedule import DISTILL_STEP_COST, GENERATOR_STEP_COST, Knob, Phase
@@ -248,25 +248,20 @@ class LRQ(Method):
         opt_g, sched_g = make_optimizer(g_params, "adam", c.lr_g, c.rounds, betas=(c.g_beta1, 0.999))
         fingerprint = dataclasses.asdict(c)
         # warm-up: generator steps only, no schedulers (the main loop's cosine starts after it)
-        self.warmup = warmup = TrainLoop(
-            [Player("q", q_loss, q_params, opt_q, steps=0), Player("g", g_loss, g_params, opt_g, steps=c.g_steps)],
-            c.warmup_rounds, {"generator": generator},
+        q_player = Player("q", q_loss, q_params, opt_q, sched_q, steps=c.q_steps)
+        g_player = Player("g", g_loss, g_params, opt_g, sched_g, steps=c.g_steps)
+        self.warmup = warmup = WarmUp(
+            q_player, g_player, c.warmup_rounds, {"generator": generator},
             checkpointer=Checkpointer(ctx.workdir, "lrq_warmup.ckpt", fingerprint),
             checkpoint_every=s.checkpoint_every, log_every=s.log_every)
         self.game = game = TrainLoop(
-            [Player("q", q_loss, q_params, opt_q, sched_q, steps=c.q_steps),
-             Player("g", g_loss, g_params, opt_g, sched_g, steps=c.g_steps)],
+            [q_player, g_player],
             c.rounds, {"qmodel": qmodel, "generator": generator},
             checkpointer=Checkpointer(ctx.workdir, "lrq.ckpt", fingerprint),
             checkpoint_every=s.checkpoint_every, log_every=s.log_every, hooks=[student_bn.on_round])
         with training(qmodel, student_bn.fold):
             if not game.resume(ctx.log, "resumed_from_round"):
-                warmup.resume(ctx.log, "resumed_from_warmup_round")
-                if c.warmup_rounds:
-                    ctx.log["warmup_curves"] = warmup.run_with_progress(
-                        ctx.progress, f"LRQ: {c.warmup_rounds} generator warm-up rounds")
-                    if s.checkpoint_every:  # the finished warm-up, so a resume skips it
-                        warmup.save()
+                warmup.play(ctx.log, ctx.progress, f"LRQ: {c.warmup_rounds} generator warm-up rounds")
                 with torch.no_grad():
                     batches = [images(False)[0] for _ in range(c.calib_batches)]
                 if c.calib_refine_steps:

@@ -36,6 +36,22 @@ Choices not confirmed by the paper or the authors' code (REFERENCES.md), all con
 - The feature taps are chosen from the graph (every resolution stage's output) rather
   than hand-picked per architecture; for CIFAR ResNet-20 they are the three stage outputs
   the authors use.
+- ``student.bn_mode`` ("folded"; "qat": the BN back in the loop with batch statistics, frozen after
+  ``student.bn_freeze`` of the rounds and folded at the end, :class:`~.student.StudentBN`) — what
+  makes the published SGD at lr 0.1 meaningful on a deployable student (issue 18).
+
+Deviations from the paper, each a switch that is off by default (0 = published), for the ablation
+of issue 18; they are the parts LRQ's recipe showed to matter, composed from the same shared code:
+
+- ``bn_weight`` / ``bn_loss``: a BN-statistics term in G's loss, ``+ bn_weight · Σ_l BN_l / L``
+  (GDFQ/ZeroQ's statistic matching, :class:`~.bn_stats.BNStatistics`), so the images Q learns from
+  also match the statistics its BN was folded from;
+- ``warmup_rounds``: generator-only rounds before the initial calibration and the game
+  (:class:`~.loop.WarmUp`, as GDFQ and LRQ);
+- ``q_refine_steps`` / ``refine_lr``: ZeroQ refinement of every batch Q learns from toward the BN
+  statistics (:func:`~.synthesis.match_bn_statistics`) before the teacher labels it;
+- Adam instead of SGD (``student.optimizer``, above).
+
 - Checkpoints every ``student.checkpoint_every`` rounds into the run's work directory; a re-run
   of the same command continues from the last one and deletes it when done.
 """
@@ -48,17 +64,19 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .bn_stats import BN_LOSSES, BNStatistics
 from .checkpoint import Checkpointer
 from .config import group, setting
 from .distill import make_optimizer
 from .features import teacher_student_taps
 from .generators import DFADGenerator, GeneratorSampler
 from .images import pixel_bounds
-from .loop import Player, TrainLoop
+from .loop import Player, TrainLoop, WarmUp
 from .registry import Method, MethodContext, register_method
 from .schedule import DISTILL_STEP_COST, GENERATOR_STEP_COST, Knob, Phase
 from .relation import FEATURE_WEIGHTS, feature_discrepancy
 from .student import StudentBN, StudentConfig, calibrate_student, student_param_groups, training
+from .synthesis import match_bn_statistics
 
 
 def multistep(optimizer, rounds: int, gamma: float = 0.1):
@@ -87,6 +105,10 @@ class ZAQ(Method):
             feature_weights: "uniform" or "adaptive".
             calib_batches: generated batches the initial activation ranges are calibrated on.
             clamp_to_pixels: clamp generated images to the normalized image of [0, 1] pixels.
+            bn_weight, bn_loss: deviation — G's BN-statistics term (0 = published; "l2" | "kl").
+            warmup_rounds: deviation — generator-only rounds before the game (0 = published).
+            q_refine_steps, refine_lr: deviation — ZeroQ steps (Adam, cosine, ``refine_lr``) on every
+                batch Q learns from, toward the BN statistics (0 = published).
             student: Q's training (:class:`~.student.StudentConfig`): ``batch_size`` generated images
                 per step (paper: 256), ``optimizer`` "sgd" (paper) or "adam", scale learning
                 (``scale_lr_ratio`` 0.01), calibration, checkpoints and logging (every so many rounds).
@@ -106,6 +128,11 @@ class ZAQ(Method):
         feature_weights: str = setting("uniform", choices=FEATURE_WEIGHTS)
         calib_batches: int = setting(4, ge=1)
         clamp_to_pixels: bool = True
+        bn_weight: float = setting(0.0, ge=0)
+        bn_loss: str = setting("l2", choices=BN_LOSSES)
+        warmup_rounds: int = setting(0, ge=0)
+        q_refine_steps: int = setting(0, ge=0)
+        refine_lr: float = setting(0.05, gt=0)
         student: StudentConfig = group(StudentConfig, batch_size=256, optimizer="sgd", scale_lr_ratio=0.01)
 
     #: the game of the last run (for tests and introspection)
@@ -113,18 +140,32 @@ class ZAQ(Method):
 
     def phases(self, scheme, is_cached) -> list[Phase]:
         c = self.config
-        return [Phase("adversarial rounds", c.rounds, c.student.batch_size,
-                      c.q_steps * DISTILL_STEP_COST + GENERATOR_STEP_COST,
-                      (Knob("rounds", min(20, c.rounds), 10),))] + super().phases(scheme, is_cached)
+        warmup = [Phase("generator warm-up", c.warmup_rounds, c.student.batch_size, GENERATOR_STEP_COST,
+                        (Knob("warmup_rounds", min(10, c.warmup_rounds), 5),))] if c.warmup_rounds else []
+        # a refinement step is about one teacher forward+backward (1 FP-pass unit)
+        return warmup + [Phase("adversarial rounds", c.rounds, c.student.batch_size,
+                               c.q_steps * (DISTILL_STEP_COST + c.q_refine_steps) + GENERATOR_STEP_COST,
+                               (Knob("rounds", min(20, c.rounds), 10),))] + super().phases(scheme, is_cached)
+
+    def uses_bn_statistics(self) -> bool:
+        """Whether a deviation reads the teacher's BN statistics (``bn_weight``, ``q_refine_steps``)."""
+        return self.config.bn_weight > 0 or self.config.q_refine_steps > 0
+
+    @property
+    def needs_synthetic_images(self) -> bool:
+        """As :class:`~.registry.Method`, and also when a deviation reads BN statistics (a model
+        without BN is then refused before running)."""
+        return super().needs_synthetic_images or self.uses_bn_statistics()
 
     def run(self, ctx: MethodContext):
         c, s, dev, qmodel = self.config, self.config.student, ctx.device, ctx.qmodel
         teacher = ctx.teacher_copy()  # private: it gets feature taps
         t_taps, s_taps = teacher_student_taps(teacher, qmodel.gm)
         ctx.log["feature_taps"] = {"fp": t_taps.names, "quantized": s_taps.names}
+        bn = BNStatistics(teacher).to(dev) if self.uses_bn_statistics() else None  # after the feature taps
         generator = DFADGenerator(ctx.input_shape, nz=c.nz).to(dev).train()
-        images = GeneratorSampler(generator, s.batch_size, dev,
-                                  pixel_bounds(ctx.meta.mean, ctx.meta.std, dev) if c.clamp_to_pixels else None)
+        bounds = pixel_bounds(ctx.meta.mean, ctx.meta.std, dev) if c.clamp_to_pixels else None
+        images = GeneratorSampler(generator, s.batch_size, dev, bounds)
 
         def discrepancy(x, teacher_grad: bool):
             with torch.set_grad_enabled(teacher_grad):
@@ -136,13 +177,20 @@ class ZAQ(Method):
             return l_out, l_feat, feats_p
 
         def q_loss():
-            l_out, l_feat, _ = discrepancy(images(False)[0], teacher_grad=False)
+            x = images(False)[0]
+            if c.q_refine_steps:
+                x = match_bn_statistics(teacher, bn, x, c.q_refine_steps, c.refine_lr, c.bn_loss, bounds)
+            l_out, l_feat, _ = discrepancy(x, teacher_grad=False)
             return {"loss": l_out + c.alpha * l_feat, "out": l_out, "feat": l_feat}
 
         def g_loss():
             l_out, l_feat, feats_p = discrepancy(images(True)[0], teacher_grad=True)
             act = feats_p[-1].abs().mean()
-            return {"loss": -l_out - c.alpha * l_feat - c.beta * act, "out": l_out, "feat": l_feat, "act": act}
+            out = {"loss": -l_out - c.alpha * l_feat - c.beta * act, "out": l_out, "feat": l_feat, "act": act}
+            if c.bn_weight:
+                out["bn"] = bn.loss(c.bn_loss) / len(bn)
+                out["loss"] = out["loss"] + c.bn_weight * out["bn"]
+            return out
 
         student_bn = StudentBN(qmodel, s, c.rounds)
         ctx.log["student_bn"] = student_bn.log()
@@ -150,14 +198,19 @@ class ZAQ(Method):
                                                 learn_act_scales=s.learn_act_scales, scale_lr_ratio=s.scale_lr_ratio)
         opt_q, _ = make_optimizer(groups, s.optimizer, c.lr_q, c.rounds, c.momentum, c.weight_decay)
         opt_g = torch.optim.Adam(generator.parameters(), lr=c.lr_g)
+        q_player = Player("q", q_loss, q_params, opt_q, multistep(opt_q, c.rounds, c.lr_decay), steps=c.q_steps)
+        g_player = Player("g", g_loss, list(generator.parameters()), opt_g, multistep(opt_g, c.rounds, c.lr_decay))
+        fingerprint = dataclasses.asdict(c)
+        warmup = WarmUp(q_player, g_player, c.warmup_rounds, {"generator": generator},
+                        checkpointer=Checkpointer(ctx.workdir, "zaq_warmup.ckpt", fingerprint),
+                        checkpoint_every=s.checkpoint_every, log_every=s.log_every)
         self.game = game = TrainLoop(
-            [Player("q", q_loss, q_params, opt_q, multistep(opt_q, c.rounds, c.lr_decay), steps=c.q_steps),
-             Player("g", g_loss, list(generator.parameters()), opt_g, multistep(opt_g, c.rounds, c.lr_decay))],
-            c.rounds, {"qmodel": qmodel, "generator": generator},
-            checkpointer=Checkpointer(ctx.workdir, "zaq.ckpt", fingerprint=dataclasses.asdict(c)),
+            [q_player, g_player], c.rounds, {"qmodel": qmodel, "generator": generator},
+            checkpointer=Checkpointer(ctx.workdir, "zaq.ckpt", fingerprint=fingerprint),
             checkpoint_every=s.checkpoint_every, log_every=s.log_every, hooks=[student_bn.on_round])
         with training(qmodel, t_taps.remove, s_taps.remove, student_bn.fold):
             if not game.resume(ctx.log, "resumed_from_round"):
+                warmup.play(ctx.log, ctx.progress, f"ZAQ: {c.warmup_rounds} generator warm-up rounds")
                 with torch.no_grad():
                     batches = [images(False)[0] for _ in range(c.calib_batches)]
                 ranges = calibrate_student(ctx, batches, s.calibration, learn_weight_scales=s.learn_weight_scales,
@@ -166,4 +219,5 @@ class ZAQ(Method):
             ctx.log["curves"] = game.run_with_progress(
                 ctx.progress, f"ZAQ: {c.rounds} rounds of {c.q_steps} Q steps + 1 G step")
         game.checkpointer.clear()
+        warmup.checkpointer.clear()
         return qmodel.eval()
