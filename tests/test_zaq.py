@@ -129,7 +129,8 @@ def test_zaq_changes_weights_and_logs_curves(tiny):
     assert any(not torch.equal(before[k], after[k]) for k in before if k.endswith("weight"))
     curves = ctx.log["curves"]
     assert curves["round"] == [0, 2, 3]
-    assert {"q_loss", "q_out", "q_feat", "g_loss", "g_act"} <= set(curves)
+    assert {"q_loss", "q_out", "q_feat", "g_loss", "g_act", "q_grad_norm", "q_grad_ratio", "g_grad_ratio"} <= set(curves)
+    assert all(v > 0 for v in curves["q_grad_ratio"])
     assert ctx.log["feature_taps"]["fp"] == ["relu_2", "relu6"]
     for q in qm.act_quantizers().values():
         assert q.range() != (0.0, float(q.qmax))  # calibrated

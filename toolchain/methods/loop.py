@@ -10,7 +10,8 @@ a generator step spends nothing on the student's weight gradients and leaves no 
 - Distillation (GZNQ's fine-tuning) is the one-player case: :func:`~.distill.distill_player`.
 
 The loop reports progress (``advance(1, l<player>=…)``; one player: ``l<key>=…`` per logged
-loss), records loss curves every ``log_every`` rounds (and the last), checkpoints every
+loss), records loss curves every ``log_every`` rounds (and the last) — with each player's
+gradient norm and gradient-to-parameter norm ratio (``grad_norm``, ``grad_ratio``) — checkpoints every
 ``checkpoint_every`` rounds through a :class:`~.checkpoint.Checkpointer` (modules, optimizers,
 schedulers, round, curves and the RNG states), and with a checkpoint present continues to the
 same final state as an uninterrupted run. When it stops, normally or not, the players'
@@ -129,8 +130,22 @@ class TrainLoop(Resumable):
         grads = torch.autograd.grad(losses["loss"], player.params, allow_unused=True)
         for p, g in zip(player.params, grads):
             p.grad = g
+        out = {k: float(v.detach()) for k, v in losses.items()}
+        out.update(TrainLoop._norms(player.params, grads))
         player.optimizer.step()
-        return {k: float(v.detach()) for k, v in losses.items()}
+        return out
+
+    @staticmethod
+    @torch.no_grad()
+    def _norms(params, grads) -> dict:
+        """``grad_norm`` ‖∇‖ over the player's parameters and ``grad_ratio`` ‖∇‖ / ‖θ‖ (before the
+        step): the evidence of an optimizer too strong for the parameters' scale (issue 18)."""
+        pairs = [(p, g) for p, g in zip(params, grads) if g is not None]
+        if not pairs:
+            return {}
+        gn = torch.sqrt(sum(g.float().pow(2).sum() for _, g in pairs))
+        pn = torch.sqrt(sum(p.float().pow(2).sum() for p, _ in pairs))
+        return {"grad_norm": float(gn), "grad_ratio": float(gn / pn.clamp_min(1e-12))}
 
     def run(self, progress=None) -> dict[str, list]:
         """Play the remaining rounds; returns the loss curves (the counter plus one list per
@@ -169,7 +184,8 @@ class TrainLoop(Resumable):
 
     def _fields(self, last: dict) -> dict:
         if len(self.players) == 1:
-            return {f"l{k}": round(v, 4) for losses in last.values() for k, v in losses.items() if k != "loss"}
+            return {f"l{k}": round(v, 4) for losses in last.values() for k, v in losses.items()
+                    if k != "loss" and not k.startswith("grad_")}
         return {f"l{name}": round(v["loss"], 4) for name, v in last.items()}
 
     def _record(self, r: int, last: dict) -> None:
