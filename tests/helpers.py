@@ -43,23 +43,23 @@ def tiny_npz(tmp: Path, n: int = 40, seed: int = 0, name: str = "tiny.npz") -> P
 FAST_BNSTAT = {"iterations": "3", "num_images": "16", "batch_size": "8"}
 
 
-def method_ctx(lm, workdir=None, bits: int = 4):
-    """A MethodContext for ``lm`` (a LoadedModel) quantized at ``bits`` (W = A), on the CPU."""
+def method_ctx(lm, workdir=None, bits: int = 4, scheme=None):
+    """A MethodContext for ``lm`` (a LoadedModel) quantized at ``bits`` (W = A; or with ``scheme``), on the CPU."""
     from toolchain.methods.registry import MethodContext
     from toolchain.quant.rewrite import fp_graph_module, quantize_graph
     from toolchain.quant.scheme import QuantScheme
-    qm = quantize_graph(lm.program, QuantScheme.from_bits(bits))
+    qm = quantize_graph(lm.program, scheme or QuantScheme.from_bits(bits))
     return MethodContext(teacher=fp_graph_module(lm.program), qmodel=qm, meta=lm.meta, scheme=qm.scheme,
                          device=torch.device("cpu"), workdir=workdir)
 
 
-def run_method(name: str, lm, settings: dict, workdir=None):
+def run_method(name: str, lm, settings: dict, workdir=None, scheme=None):
     """(method instance, its ctx, the returned quantized model) of one seeded in-process run of
-    method ``name`` with config ``settings`` at W4A4."""
+    method ``name`` with config ``settings`` at W4A4 (or on ``scheme``)."""
     from toolchain.methods.config import build_config
     from toolchain.methods.registry import get_method
     torch.manual_seed(0)
-    ctx = method_ctx(lm, workdir)
+    ctx = method_ctx(lm, workdir, scheme=scheme)
     cls = get_method(name)
     method = cls(build_config(cls.Config, settings))
     return method, ctx, method.run(ctx)

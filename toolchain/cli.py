@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from .core.errors import ConfigError, InputFileError, ZqError
+from .quant.protocol import DEFAULT_PROTOCOL, PROTOCOLS
 from .targets import DEFAULT_TARGET, TARGETS
 
 app = typer.Typer(
@@ -122,6 +123,11 @@ FLOpt = typer.Option(8, "--first-last-bits", help="Bit width of the first and la
 TargetChoice = enum.Enum("TargetChoice", {n: n for n in TARGETS}, type=str)
 StrictOpt = typer.Option(False, "--strict", help="Refuse a model holding ops zqtool has no quantized form "
                          "for, instead of running them in float between DequantizeLinear and QuantizeLinear.")
+SchemeChoice = enum.Enum("SchemeChoice", {n: n for n in PROTOCOLS}, type=str)
+SchemeOpt = typer.Option(
+    DEFAULT_PROTOCOL, "--scheme",
+    help="Quantization protocol: " + "; ".join(f"{p.name} = {p.description}" for p in PROTOCOLS.values())
+    + ". paper runs are for comparison with published tables: run reports the torch simulation, export refuses them.")
 TargetOpt = typer.Option(
     DEFAULT_TARGET, "--target",
     help="Deployment target: " + "; ".join(f"{t.name} = {t.description}" for t in TARGETS.values()) + ".")
@@ -178,14 +184,14 @@ def _with_time_budget(set_: list[str] | None, time_budget: str | None) -> list[s
 
 
 def _quant_options(method, bits, wbits, abits, first_last_bits, budget, recipe, set_, seed, device,
-                   target=DEFAULT_TARGET, strict: bool = False) -> dict:
+                   target=DEFAULT_TARGET, strict: bool = False, scheme: str | None = None) -> dict:
     from .methods.config import parse_overrides
     from .methods.recipes import BUDGETS
     from .quant.scheme import QuantScheme
     if budget not in BUDGETS and recipe is None:
         raise ConfigError(f"--budget must be one of {', '.join(BUDGETS)}, got {budget!r}")
     target, budget, device, method = _v(target), _v(budget), _v(device), _v(method)
-    return {"method": method, "scheme": QuantScheme.from_bits(bits, wbits, abits, first_last_bits, target),
+    return {"method": method, "scheme": QuantScheme.from_bits(bits, wbits, abits, first_last_bits, target, _v(scheme)),
             "budget": budget, "recipe": recipe, "overrides": parse_overrides(set_), "seed": seed,
             "device": device, "strict": strict}
 
@@ -238,7 +244,7 @@ def load(model: Path = ModelArg, arch: Optional[str] = ArchOpt, input_shape: Opt
 @handle_errors
 def quantize(model: Path = ModelArg, method: MethodChoice = MethodOpt, bits: int = BitsOpt, wbits: Optional[int] = WbitsOpt,
              abits: Optional[int] = AbitsOpt, first_last_bits: int = FLOpt, target: TargetChoice = TargetOpt,
-             budget: BudgetChoice = BudgetOpt,
+             scheme: SchemeChoice = SchemeOpt, budget: BudgetChoice = BudgetOpt,
              recipe: Optional[Path] = RecipeOpt, set_: Optional[List[str]] = SetOpt, seed: int = SeedOpt,
              device: DeviceChoice = DeviceOpt, arch: Optional[str] = ArchOpt, input_shape: Optional[str] = ShapeOpt,
              mean: Optional[str] = MeanOpt, std: Optional[str] = StdOpt, num_classes: Optional[int] = ClassesOpt,
@@ -250,7 +256,7 @@ def quantize(model: Path = ModelArg, method: MethodChoice = MethodOpt, bits: int
     from .pipeline import export_format, load_stage, method_overrides, mixed_precision_stage, quantize_stage
     store = Store(out)
     opts = _quant_options(method, bits, wbits, abits, first_last_bits, budget, recipe,
-                          _with_time_budget(set_, time_budget), seed, device, target, strict)
+                          _with_time_budget(set_, time_budget), seed, device, target, strict, scheme)
     opts["overrides"], mp_overrides = method_overrides(opts["overrides"], size_budget)
     if size_budget is not None:
         from .quant.allocate import check_size_budget
@@ -269,9 +275,12 @@ def quantize(model: Path = ModelArg, method: MethodChoice = MethodOpt, bits: int
     if mp is not None:
         _print_mixed_precision(mp.plan)
     fmt = export_format(None, mp)
+    rules = q.scheme.rules
+    next_step = (f"export with: zqtool export {q.dir}" + (f" --format {fmt}" if fmt != "qdq" else "")
+                 if rules.exportable else f"simulation only, not exportable ({rules.why_simulated}); "
+                                          f"`zqtool run … --scheme {rules.name}` reports its accuracy")
     console.print(f"quantized with {q.method} ({q.scheme.tag}, target {q.scheme.target}; recipe "
-                  f"{rec.get('file', '?')} [{rec.get('budget', '?')}]); export with: zqtool export {q.dir}"
-                  + (f" --format {fmt}" if fmt != "qdq" else ""),
+                  f"{rec.get('file', '?')} [{rec.get('budget', '?')}]); {next_step}",
                   highlight=False, soft_wrap=True, markup=False)
     typer.echo(str(q.dir))
 
@@ -429,7 +438,7 @@ def verify(onnx_model: Path = typer.Argument(..., help="The QDQ ONNX model (mode
 @handle_errors
 def run(model: Path = ModelArg, data: Path = DataOpt, method: MethodChoice = MethodOpt, bits: int = BitsOpt,
         wbits: Optional[int] = WbitsOpt, abits: Optional[int] = AbitsOpt, first_last_bits: int = FLOpt,
-        target: TargetChoice = TargetOpt,
+        target: TargetChoice = TargetOpt, scheme: SchemeChoice = SchemeOpt,
         budget: BudgetChoice = BudgetOpt, recipe: Optional[Path] = RecipeOpt, set_: Optional[List[str]] = SetOpt,
         seed: int = SeedOpt, device: DeviceChoice = DeviceOpt, fmt: Optional[FormatChoice] = RunFormatOpt,
         threads: int = ThreadsOpt,
@@ -445,14 +454,16 @@ def run(model: Path = ModelArg, data: Path = DataOpt, method: MethodChoice = Met
     report = _run(run_fn, model, data, Store(out), method, bits, wbits, abits, first_last_bits, budget, recipe,
                   _with_time_budget(set_, time_budget), seed, device, fmt, threads, limit, latency_runs, parity_images,
                   _load_options(arch, input_shape, mean, std, num_classes, trust_pickle), target, strict,
-                  size_budget)
+                  size_budget, scheme)
     _write_json(json_path, report.to_dict())
 
 
 def _run(run_fn, model, data, store, method, bits, wbits, abits, fl, budget, recipe, set_, seed, device, fmt,
          threads, limit, latency_runs, parity_images, load_options, target=DEFAULT_TARGET,
-         strict: bool = False, size_budget: float | None = None):
-    """Run the pipeline with progress and stage lines, print its report; returns the RunReport."""
+         strict: bool = False, size_budget: float | None = None, scheme: str | None = None):
+    """Run the pipeline with progress and stage lines, print its report; returns the RunReport
+    (a SimulatedRunReport for a simulation-only scheme)."""
+    from .reports import SimulatedRunReport
     from .verify import render_report
 
     with _progress() as progress:
@@ -460,7 +471,10 @@ def _run(run_fn, model, data, store, method, bits, wbits, abits, fl, budget, rec
                         latency_runs=latency_runs, parity_images=parity_images, store=store, progress=progress,
                         on_stage=_stage_line(""), size_budget=size_budget,
                         **_quant_options(method, bits, wbits, abits, fl, budget, recipe, set_, seed, device,
-                                         target, strict))
+                                         target, strict, scheme))
+    if isinstance(report, SimulatedRunReport):
+        _print_simulation(report)
+        return report
     out_console.print(render_report(report.verify))
     if report.quantize.mixed_precision is not None:
         _print_mixed_precision(report.quantize.mixed_precision)
@@ -468,6 +482,19 @@ def _run(run_fn, model, data, store, method, bits, wbits, abits, fl, budget, rec
     if report.parity:
         console.print("parity torch vs onnxruntime: " + _parity_line(report.parity), highlight=False)
     return report
+
+
+def _print_simulation(report) -> None:
+    """A :class:`~toolchain.reports.SimulatedRunReport`: the simulation's accuracy and why there is no ONNX file."""
+    r = report.simulation
+    tag = report.quantize.scheme
+    out_console.print(f"{report.quantize.method} w{tag['wbits']}a{tag['abits']} ({tag.get('protocol')} scheme, "
+                      f"{r.simulation}) on {r.n_images} images: top-1 {r.top1:.2f} (FP32 {r.fp_top1:.2f}), "
+                      f"top-5 {r.top5:.2f} (FP32 {r.fp_top5:.2f}), top-1 agreement {r.agreement_top1:.2f}%",
+                      highlight=False, soft_wrap=True)
+    console.print(_quantize_line(report.quantize), highlight=False, soft_wrap=True)
+    console.print(f"[yellow]not exported:[/] {escape(r.reason)}; for comparison with published tables only",
+                  highlight=False, soft_wrap=True)
 
 
 def _stage_line(indent: str):

@@ -27,7 +27,7 @@ from .progress import advance_hook, null_progress
 from .quant.scheme import QuantScheme
 
 if TYPE_CHECKING:  # the report types load onnxruntime (toolchain.verify): imported where used
-    from .reports import ParityResult, RunReport
+    from .reports import ParityResult, RunReport, SimulationResult
     from .verify.results import VerifyReport
 
 FP_STAGE, Q_STAGE, ONNX_STAGE, VERIFY_STAGE, SYNTH_STAGE = "fp", "q", "onnx", "verify", "synth"
@@ -225,6 +225,7 @@ def quantize_stage(fp: FPArtifact, *, method: str = "bnstat", scheme: QuantSchem
     store = store or Store()
     scheme = scheme or QuantScheme()
     cls, cfg = method_config(method, budget, recipe, overrides)
+    _check_fits_scheme(cfg, scheme)
     cfg_dict = dataclasses.asdict(cfg)
     key = content_key({"stage": Q_STAGE, "fp": fp.key, "method": method, "config": cfg_dict,
                        "scheme": scheme.to_dict(), "seed": seed, "rewrite": REWRITE_VERSION})
@@ -270,6 +271,24 @@ def quantize_stage(fp: FPArtifact, *, method: str = "bnstat", scheme: QuantSchem
         write_json(d / "log.json", {"wall_s": wall, "method_s": method_s, "recipe": recipe_used,
                                     "schedule": sched, **ctx.log})
     return QArtifact.open(store.path(Q_STAGE, key))
+
+
+def _check_fits_scheme(cfg, scheme: QuantScheme) -> None:
+    """Refuse, before any work, settings that need the deploy scheme's folded BN or its exported
+    grids under a scheme without them (``paper``: BN unfolded, simulation only).
+
+    Raises:
+        ConfigError: ``bn_mode = "qat"`` without folded BN, or block reconstruction on a
+        simulation-only scheme.
+    """
+    rules = scheme.rules
+    student = getattr(cfg, "student", None)
+    if not rules.fold_bn and getattr(student, "bn_mode", "folded") == "qat":
+        raise ConfigError(f"bn_mode=qat trains the folded BN back in the loop; the {rules.name} scheme keeps BN "
+                          "unfolded already", "drop --set bn_mode=qat (its BN's γ and β train with the weights)")
+    if not rules.exportable and getattr(cfg, "reconstruct", "none") != "none":
+        raise ConfigError(f"reconstruct={cfg.reconstruct} reconstructs the deploy scheme's exported blocks, not the "
+                          f"{rules.name} scheme's", "drop --set reconstruct or --scheme")
 
 
 @contextlib.contextmanager
@@ -551,6 +570,11 @@ def export_stage(q: QArtifact, *, fmt: str = "qdq", store: Store | None = None,
     """Stage 3: write the QDQ ONNX model and its FP32 reference, simplified with onnxsim."""
     if fmt not in EXPORT_FORMATS:
         raise ConfigError(f"--format must be one of {', '.join(EXPORT_FORMATS)}, got {fmt!r}")
+    rules = q.scheme.rules
+    if not rules.exportable:
+        raise ConfigError(f"{q.dir} uses the {rules.name} scheme, which is simulation only: {rules.why_simulated}",
+                          "quantize again without --scheme (the deploy scheme) to get a model to export; "
+                          "`zqtool run --scheme paper` reports the simulation's accuracy")
     store = store or Store()
     key = content_key({"stage": ONNX_STAGE, "q": q.key, "format": fmt, "writer": EXPORT_WRITER_VERSION})
     art = OnnxArtifact(store.path(ONNX_STAGE, key), key, fmt)
@@ -631,10 +655,45 @@ def parity_stage(q: QArtifact, onnx: OnnxArtifact, data: str | Path, *, n_images
     return result
 
 
+SIMULATE_STAGE = "simulate"
+
+
+def simulate_stage(q: QArtifact, data: str | Path, *, limit: int | None = None, store: Store | None = None,
+                   progress=null_progress) -> SimulationResult:
+    """Instead of export and verify, for a scheme that is simulation only (``paper``): the torch
+    simulation's top-1/top-5 and the FP model's on the eval images (cached as ``simulate/<key>/simulation.json``).
+
+    Raises:
+        ConfigError: the scheme is exportable (measure it with export + verify instead);
+        UnsupportedModelError: a segmentation model (the paper protocol is for classifiers' tables).
+    """
+    from .data import open_eval_set
+    from .reports import SimulationResult
+    rules = q.scheme.rules
+    if rules.exportable:
+        raise ConfigError(f"the {rules.name} scheme is deployable: measure it on onnxruntime",
+                          "use `zqtool export` and `zqtool verify` (or `zqtool run`)")
+    if q.fp.meta.task != "classification":
+        raise UnsupportedModelError(f"the {rules.name} scheme is simulated for classifiers only, "
+                                    f"not a {q.fp.meta.task} model", "drop --scheme")
+    store = store or Store()
+    evalset = open_eval_set(data, limit=limit, task=q.fp.meta.task)
+    key = content_key({"stage": SIMULATE_STAGE, "q": q.key, "data": evalset.fingerprint(), "limit": limit})
+    if store.done(SIMULATE_STAGE, key):
+        return SimulationResult.from_dict(read_json(store.path(SIMULATE_STAGE, key) / "simulation.json"))
+    from .quant.rewrite import fp_graph_module
+    from .simulate import simulate_accuracy
+    result = simulate_accuracy(q.model(), fp_graph_module(q.fp.program()), evalset, q.fp.meta,
+                               reason=rules.why_simulated, limit=limit, progress=advance_hook(progress))
+    with store.build(SIMULATE_STAGE, key, {"q": q.key, "data": str(data), "limit": limit}) as d:
+        write_json(d / "simulation.json", result.to_dict())
+    return result
+
+
 # --------------------------------------------------------------------------- all four
 #: the store folder each stage of :func:`run` writes (its ``on_stage`` names)
 RUN_STAGES = {"load": FP_STAGE, "mixed": MP_STAGE, "quantize": Q_STAGE, "export": ONNX_STAGE,
-              "verify": VERIFY_STAGE, "parity": PARITY_STAGE}
+              "verify": VERIFY_STAGE, "parity": PARITY_STAGE, "simulate": SIMULATE_STAGE}
 
 
 def _stored(store: Store, stage: str) -> set[str]:
@@ -658,11 +717,15 @@ def run(model: str | Path, data: str | Path, *, load_options: dict | None = None
     quantize): per-layer weight widths within F × the all-8-bit model's bytes, ``--set mp.…`` settings
     in ``overrides``; ``fmt`` None exports the format whose bytes the budget counted (:func:`export_format`).
 
+    A scheme that is simulation only (``paper``, :mod:`toolchain.quant.protocol`) is not exported:
+    after quantize the run measures the torch simulation (:func:`simulate_stage`, stage ``"simulate"``).
+
     Returns:
         a :class:`~toolchain.reports.RunReport`: the verify report (its warnings extended with
-        ops that had no quantized form) with ``quantize``, ``parity`` and ``artifacts`` sections.
+        ops that had no quantized form) with ``quantize``, ``parity`` and ``artifacts`` sections;
+        for a simulation-only scheme a :class:`~toolchain.reports.SimulatedRunReport`.
     """
-    from .reports import Artifacts, QuantizeSection, Recipe, RunReport
+    from .reports import Artifacts, RunReport, SimulatedRunReport
     store = store or Store()
     note = on_stage or (lambda *a: None)
     cached_stages: dict[str, bool] = {}
@@ -690,6 +753,11 @@ def run(model: str | Path, data: str | Path, *, load_options: dict | None = None
                                                  recipe=recipe, overrides=overrides[0], seed=seed,
                                                  device=device, store=store, strict=strict,
                                                  progress=progress))
+    if not q.scheme.rules.exportable:
+        sim = timed("simulate", lambda: simulate_stage(q, data, limit=limit, store=store, progress=progress))
+        return SimulatedRunReport(simulation=sim, quantize=_quantize_section(q, method, budget, seed,
+                                                                             cached_stages["quantize"], None),
+                                  q_dir=str(q.dir))
     onnx = timed("export", lambda: export_stage(q, fmt=fmt, store=store, progress=progress))
     report = timed("verify", lambda: verify_stage(onnx, data, threads=threads, limit=limit,
                                                   latency_runs=latency_runs, task=fp.meta.task,
@@ -702,14 +770,21 @@ def run(model: str | Path, data: str | Path, *, load_options: dict | None = None
         from .graph.ops import format_counts
         warnings_.append(f"ops with no quantized form ran in float between DequantizeLinear and QuantizeLinear: "
                          f"{format_counts(qlog['unknown_ops'])} (--strict refuses them)")
-    quantize = QuantizeSection(
-        method=method, budget=budget, recipe=Recipe.from_dict(qlog["recipe"]) if qlog.get("recipe") else None,
-        cached=cached_stages["quantize"], scheme=q.scheme.to_dict(), seed=seed, wall_s=qlog.get("wall_s"),
-        method_s=qlog.get("method_s"), reused=qlog.get("reused", {}), device=qlog.get("device"),
-        float_ops=qlog.get("float_ops", {}), unknown_ops=qlog.get("unknown_ops", {}),
-        mixed_precision=None if mp is None else mp.plan,
-        reconstruct=qlog.get("method_config", {}).get("reconstruct"))
+    quantize = _quantize_section(q, method, budget, seed, cached_stages["quantize"], mp)
     artifacts = Artifacts(fp=str(fp.dir), q=str(q.dir), onnx=str(onnx.dir), qdq=str(onnx.qdq_path),
                           fp32=str(onnx.fp32_path))
     return RunReport(verify=dataclasses.replace(report, warnings=tuple(warnings_)), quantize=quantize,
                      parity=parity, artifacts=artifacts)
+
+
+def _quantize_section(q: QArtifact, method: str, budget: str, seed: int, cached: bool, mp: MPArtifact | None):
+    """The run report's ``quantize`` section, from the quantize run's ``quant.json``."""
+    from .reports import QuantizeSection, Recipe
+    qlog = read_json(q.dir / "quant.json")
+    return QuantizeSection(
+        method=method, budget=budget, recipe=Recipe.from_dict(qlog["recipe"]) if qlog.get("recipe") else None,
+        cached=cached, scheme=q.scheme.to_dict(), seed=seed, wall_s=qlog.get("wall_s"),
+        method_s=qlog.get("method_s"), reused=qlog.get("reused", {}), device=qlog.get("device"),
+        float_ops=qlog.get("float_ops", {}), unknown_ops=qlog.get("unknown_ops", {}),
+        mixed_precision=None if mp is None else mp.plan,
+        reconstruct=qlog.get("method_config", {}).get("reconstruct"))

@@ -216,3 +216,37 @@ class RunReport:
         return cls(verify=VerifyReport.from_dict(rest), quantize=QuantizeSection.from_dict(d["quantize"]),
                    parity=None if parity is None else ParityResult.from_dict(parity),
                    artifacts=Artifacts.from_dict(d["artifacts"]))
+
+
+@dataclass(frozen=True)
+class SimulationResult(Record):
+    """Accuracy of the torch simulation of a quantized model that has no integer deployment (the
+    ``paper`` scheme, :mod:`toolchain.quant.protocol`), beside the FP model on the same images.
+
+    ``top1`` / ``top5`` and ``fp_top1`` / ``fp_top5`` in % (0..100); ``agreement_top1``: % of images
+    on which both models' top-1 classes agree; ``simulation``: what computed the quantized logits
+    (fake-quant in float32 torch); ``reason``: why nothing was exported.
+    """
+
+    n_images: int
+    top1: float
+    top5: float
+    fp_top1: float
+    fp_top5: float
+    agreement_top1: float
+    simulation: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class SimulatedRunReport:
+    """What :func:`toolchain.pipeline.run` returns for a scheme that is simulation only: the
+    simulation's accuracy, the ``quantize`` section and the quantize run directory (no ONNX files).
+    ``to_dict()``: ``{"simulation": …, "quantize": …, "q_dir": …}``."""
+
+    simulation: SimulationResult
+    quantize: QuantizeSection
+    q_dir: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"simulation": self.simulation.to_dict(), "quantize": self.quantize.to_dict(), "q_dir": self.q_dir}

@@ -22,7 +22,9 @@ ATen graph of ``ExportedProgram.module()``:
    spec (:func:`.quantizers.quantizer_from_spec`). The logits (used only as the graph output)
    are left in float.
 
-The FP program is not modified.
+The FP program is not modified. Under the ``paper`` protocol (:mod:`.protocol`; simulation only)
+step 2 is skipped (BN stays a float op after its layer), step 4 places one unsigned quantizer
+after each ReLU/ReLU6 and nowhere else (:data:`ACT_PLACEMENT`), and biases stay float.
 """
 
 from __future__ import annotations
@@ -107,7 +109,8 @@ def _module_path(weight_node: fx.Node, taken: set[str]) -> str:
 
 
 def _replace_layers(gm: fx.GraphModule, scheme: QuantScheme) -> dict[fx.Node, QuantLayer]:
-    """Fold BN into Conv/Linear and swap them for quantized layer modules; returns node → layer."""
+    """Fold BN into Conv/Linear (unless the scheme's protocol keeps BN unfolded, as a float op after
+    the layer) and swap them for quantized layer modules; returns node → layer."""
     g = gm.graph
     layers: dict[fx.Node, QuantLayer] = {}
     taken: set[str] = set()
@@ -124,7 +127,7 @@ def _replace_layers(gm: fx.GraphModule, scheme: QuantScheme) -> dict[fx.Node, Qu
         w, b = _val(gm, w_node), _val(gm, b_node)
         bn_prior = None
         users = list(n.users)
-        if len(users) == 1 and users[0].target in ops.BATCH_NORM:
+        if scheme.rules.fold_bn and len(users) == 1 and users[0].target in ops.BATCH_NORM:
             bn = users[0]
             _, gamma, beta, mean, var, eps = ops.bn_args(bn)
             gamma, beta = _val(gm, gamma), _val(gm, beta)
@@ -360,7 +363,11 @@ def _set_specs(gm: fx.GraphModule, ins: _Inserter, layers: dict, input_q: fx.Nod
         qn: scheme.spec(activation_role(unsigned=ins.unsigned[qn], edge=_is_edge(qn, layers, output_nodes),
                                         network_input=qn is input_q))
         for qn in ins.qnodes.values()}
+    linked = scheme.rules.quantize_bias  # an int32 bias needs the input's scale; else the bias stays float
     for n, layer in layers.items():
+        if not linked:
+            layer.set_weight_spec(scheme.layer_weight_spec(layer.role, name=n.target))
+            continue
         qn = ins.grid_of(n.args[0])
         dw = isinstance(layer, QuantConv2d) and is_depthwise(layer.weight.shape[0], layer.weight.shape[1], layer.groups)
         w_spec, act_specs[qn] = scheme.layer_specs(layer.role, act_specs[qn], depthwise=dw, name=n.target)
@@ -368,7 +375,37 @@ def _set_specs(gm: fx.GraphModule, ins: _Inserter, layers: dict, input_q: fx.Nod
     for qn, spec in act_specs.items():
         gm.add_submodule(qn.target, quantizer_from_spec(spec))
     for n, layer in layers.items():
-        layer.link_input_quant(gm.get_submodule(ins.grid_of(n.args[0]).target))
+        if linked:
+            layer.link_input_quant(gm.get_submodule(ins.grid_of(n.args[0]).target))
+
+
+def _place_at_compute_inputs(gm: fx.GraphModule, ins: _Inserter, layers: dict, placeholder: fx.Node) -> fx.Node:
+    """The deploy protocol: the network input (ARCHITECTURE.md: "the network input included"), every
+    input of a COMPUTE op and every COMPUTE output that feeds another op. Returns the input's quantizer."""
+    input_q = ins.quantize_at(placeholder)
+    compute = [n for n in gm.graph.nodes if _is_compute(n, layers)]
+    for n in compute:
+        for a in _tensor_inputs(n):
+            ins.ensure_input_on_grid(a)
+    for n in compute:
+        pt = ins.output_point(n)
+        if ins.grid_of(pt) is None and not _feeds_only_output(pt):
+            ins.quantize_at(pt)
+    return input_q
+
+
+def _place_after_relu(gm: fx.GraphModule, ins: _Inserter, layers: dict, placeholder: fx.Node) -> None:
+    """The paper protocol (ZeroQ's ``quantize_model``: each ReLU/ReLU6 becomes ReLU + QuantAct): one
+    unsigned quantizer after every activation whose output is known to be >= 0; nothing else."""
+    for n in list(gm.graph.nodes):
+        if n.op == "call_function" and n.target in ops.ACTIVATION and _nonneg(n, ins.nonneg) \
+                and not _feeds_only_output(n):
+            ins.quantize_at(n)
+    return None
+
+
+#: :attr:`Protocol.act_quant <toolchain.quant.protocol.Protocol.act_quant>` → where the quantizers go
+ACT_PLACEMENT = {"compute-inputs": _place_at_compute_inputs, "after-relu": _place_after_relu}
 
 
 def quantize_graph(program, scheme: QuantScheme, *, strict: bool = False) -> QuantizedModel:
@@ -398,21 +435,10 @@ def quantize_graph(program, scheme: QuantScheme, *, strict: bool = False) -> Qua
         raise UnsupportedModelError("the model has no Conv2d or Linear layer to quantize")
     _layer_roles(layers)
     ins = _Inserter(gm, layers, scheme)
-
-    # the network input is always quantized (ARCHITECTURE.md: "the network input included")
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     if len(placeholders) != 1:
         raise UnsupportedModelError(f"the model takes {len(placeholders)} inputs; zqtool supports one image input")
-    input_q = ins.quantize_at(placeholders[0])
-
-    compute = [n for n in gm.graph.nodes if _is_compute(n, layers)]
-    for n in compute:
-        for a in _tensor_inputs(n):
-            ins.ensure_input_on_grid(a)
-    for n in compute:
-        pt = ins.output_point(n)
-        if ins.grid_of(pt) is None and not _feeds_only_output(pt):
-            ins.quantize_at(pt)
+    input_q = ACT_PLACEMENT[scheme.rules.act_quant](gm, ins, layers, placeholders[0])
     _set_specs(gm, ins, layers, input_q, scheme)
 
     gm.graph.eliminate_dead_code()

@@ -21,6 +21,7 @@ from typing import Callable, Mapping
 
 from ..core.errors import ConfigError
 from ..targets import DEFAULT_TARGET, get_target
+from .protocol import DEFAULT_PROTOCOL, Protocol, get_protocol
 from .spec import QuantSpec, shifted_act_spec, unsigned_act_spec, weight_spec
 
 MIN_BITS, MAX_BITS = 2, 8
@@ -44,6 +45,10 @@ ACTIVATION_ROLES: dict[tuple[bool, bool], str] = {
     (False, True): "act.unsigned", (False, False): "act.signed",
     (True, True): "edge_act.unsigned", (True, False): "edge_act.signed",
 }
+
+#: under a uniform-bits protocol (``paper``) each edge role reads as its inner role
+UNIFORM_ROLE: dict[str, str] = {"edge_weight": "weight", "edge_act.unsigned": "act.unsigned",
+                                "edge_act.signed": "act.signed", "input": "act.signed"}
 
 #: a layer's position (``QuantLayer.role``: no Conv/Linear before it / after it) → its weight role
 WEIGHT_ROLE_OF_LAYER: dict[str, str] = {"": "weight", "first": "edge_weight", "last": "edge_weight",
@@ -89,10 +94,14 @@ class QuantScheme:
             still gets 7-bit codes). Activations keep ``abits`` / ``first_last_bits``. Given as pairs
             or a mapping, stored sorted by path; empty (the default) for a uniform scheme, and then
             left out of :meth:`to_dict`, so uniform schemes key caches as before.
+        protocol: ``deploy`` (default; the exportable integer model) or ``paper`` (the zero-shot
+            papers' protocol, simulation only: :mod:`.protocol`). Under ``paper`` every layer and
+            activation gets ``wbits`` / ``abits`` (``first_last_bits`` is ignored) and the target's
+            rule does not apply (nothing is exported). Left out of :meth:`to_dict` when ``deploy``.
 
     Raises:
-        ConfigError: a bit width outside 2..8, an unknown target, or a malformed or repeated
-            ``layer_wbits`` entry.
+        ConfigError: a bit width outside 2..8, an unknown target or protocol, a malformed or
+            repeated ``layer_wbits`` entry, or per-layer widths under the ``paper`` protocol.
     """
 
     wbits: int = 8
@@ -100,6 +109,7 @@ class QuantScheme:
     first_last_bits: int = 8
     target: str = DEFAULT_TARGET
     layer_wbits: tuple[tuple[str, int], ...] = ()
+    protocol: str = DEFAULT_PROTOCOL
 
     def __post_init__(self):
         for name in ("wbits", "abits", "first_last_bits"):
@@ -110,7 +120,16 @@ class QuantScheme:
                     f"8-bit containers hold every width from {MIN_BITS} to {MAX_BITS}; e.g. --bits 8, 6, 4, 3 or 2",
                 )
         get_target(self.target)
+        get_protocol(self.protocol)
         object.__setattr__(self, "layer_wbits", _layer_widths(self.layer_wbits))
+        if self.layer_wbits and not self.rules.exportable:
+            raise ConfigError(f"per-layer weight widths (--size-budget) need the deploy scheme, not {self.protocol!r}",
+                              "mixed precision sizes an exported file; drop --scheme paper or --size-budget")
+
+    @property
+    def rules(self) -> Protocol:
+        """The :class:`.protocol.Protocol` this scheme follows (raises ConfigError if unknown)."""
+        return get_protocol(self.protocol)
 
     def spec(self, role: str) -> QuantSpec:
         """The spec of a tensor with this role (:data:`ROLES`) before any per-layer rule.
@@ -118,6 +137,8 @@ class QuantScheme:
         Raises:
             ConfigError: an unknown role.
         """
+        if self.rules.uniform_bits:  # the paper protocol: no edge tensor gets other widths
+            role = UNIFORM_ROLE.get(role, role)
         try:
             return ROLES[role][1](self)
         except KeyError:
@@ -139,12 +160,18 @@ class QuantScheme:
             The weight spec, narrowed where the target's rule asks (:meth:`layer_bits`), and the
             input spec, never wider than ``input_spec``.
         """
-        w = self.spec(weight_role(layer_role))
-        override = self.layer_widths.get(name) if name is not None else None
-        if override is not None:
-            w = w.with_bits(override)
+        w = self.layer_weight_spec(layer_role, name=name)
+        if not self.rules.exportable:  # simulation only: no CPU's kernels to keep exact
+            return w, input_spec
         wbits, abits = self.layer_bits(w.bits, input_spec.bits, depthwise=depthwise)
         return w.with_bits(wbits), input_spec.with_bits(min(input_spec.bits, abits))
+
+    def layer_weight_spec(self, layer_role: str, *, name: str | None = None) -> QuantSpec:
+        """The weight spec of a layer at position ``layer_role`` before the target's rule: its
+        role's, or the width :attr:`layer_wbits` gives the layer path ``name``."""
+        w = self.spec(weight_role(layer_role))
+        override = self.layer_widths.get(name) if name is not None else None
+        return w if override is None else w.with_bits(override)
 
     @property
     def layer_widths(self) -> dict[str, int]:
@@ -174,7 +201,7 @@ class QuantScheme:
     @classmethod
     def from_bits(cls, bits: int | None = None, wbits: int | None = None,
                   abits: int | None = None, first_last_bits: int | None = 8,
-                  target: str | None = None) -> "QuantScheme":
+                  target: str | None = None, protocol: str | None = None) -> "QuantScheme":
         """Resolve the CLI's ``--bits/--wbits/--abits/--first-last-bits/--target``: specific flags win.
 
         Raises:
@@ -189,13 +216,18 @@ class QuantScheme:
         w = b if wbits is None else wbits
         a = b if abits is None else abits
         fl = 8 if first_last_bits is None else first_last_bits
-        return cls(wbits=w, abits=a, first_last_bits=fl, target=target or DEFAULT_TARGET)
+        protocol = protocol or DEFAULT_PROTOCOL
+        if get_protocol(protocol).uniform_bits:
+            fl = w  # every layer at N bits; stored so that the tag and the cache key say so
+        return cls(wbits=w, abits=a, first_last_bits=fl, target=target or DEFAULT_TARGET, protocol=protocol)
 
     @property
     def tag(self) -> str:
         """Short name such as ``w4a4`` (``-fl8`` suffix when first/last differ); with per-layer widths
         ``w4-8a8-mp`` (the narrowest and widest listed width, then ``-mp``; ``-fl`` as before when
-        first/last differ from the activations)."""
+        first/last differ from the activations); ``w4a4-paper`` under the paper protocol."""
+        if self.rules.uniform_bits:
+            return f"w{self.wbits}a{self.abits}-{self.protocol}"
         if self.layer_wbits:
             widths = sorted(set(self.layer_widths.values()))
             w = f"{widths[0]}" if len(widths) == 1 else f"{widths[0]}-{widths[-1]}"
@@ -208,6 +240,8 @@ class QuantScheme:
     def to_dict(self) -> dict:
         """The scheme as JSON: its fields; ``layer_wbits`` as ``[[path, bits], ...]``, only when set."""
         d = asdict(self)
+        if self.protocol == DEFAULT_PROTOCOL:
+            del d["protocol"]  # deploy-scheme caches keep their keys
         if not self.layer_wbits:
             del d["layer_wbits"]
         else:
