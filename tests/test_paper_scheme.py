@@ -14,6 +14,7 @@ from toolchain.cli import app
 from toolchain.core.errors import ConfigError
 from toolchain.graph import ops
 from toolchain.models.loader import load_model
+from toolchain.progress import null_progress
 from toolchain.pipeline import export_stage, load_stage, quantize_stage, run
 from toolchain.quant.rewrite import fp_graph_module, quantize_graph
 from toolchain.quant.scheme import QuantScheme
@@ -111,6 +112,22 @@ def test_deploy_only_settings_are_refused_before_any_work(tmp_path, settings, ma
     with pytest.raises(ConfigError, match=match):
         quantize_stage(fp, method=method, scheme=PAPER4, overrides=settings, store=store)
     assert not (store.root / "q").exists()
+
+
+def test_a_recipes_reconstruction_gives_way_to_the_paper_scheme(tmp_path):
+    """zaq's cpu recipe ends with reconstruction, which the paper scheme has no blocks for: the
+    recipe's default is turned off (and said), the user's own --set is refused (above)."""
+    store = Store(tmp_path / "runs")
+    fp = load_stage(tiny_state_dict_file(tmp_path), arch="tinynet", store=store)
+    said = []
+
+    def progress(description, total=None):
+        return null_progress(description, total)
+    progress.say = said.append
+    q = quantize_stage(fp, method="zaq", scheme=PAPER4, store=store, progress=progress,
+                       overrides={"rounds": "2", "batch_size": "8", "calib_batches": "1", "checkpoint_every": "0"})
+    assert json.loads((q.dir / "config.json").read_text())["method_config"]["reconstruct"] == "none"
+    assert any("reconstruct=adaround is off" in m for m in said)
 
 
 def test_cli_run_and_export(tmp_path):

@@ -29,6 +29,8 @@ from helpers import method_ctx, recording_progress, run_method, tiny_state_dict_
 
 #: settings that make zaq take well under a second on tinynet
 FAST_ZAQ = {"rounds": 3, "batch_size": 8, "calib_batches": 1, "checkpoint_every": 1, "log_every": 1}
+#: the cpu recipe ends with reconstruction: a short one for pipeline runs
+FAST_ZAQ_RECON = {**FAST_ZAQ, "recon.steps": "10", "recon.batch": "8", "recon.images": "16"}
 
 
 @pytest.fixture(scope="module")
@@ -235,13 +237,46 @@ def test_zaq_through_the_pipeline_then_export(tmp_path):
     fp = load_stage(tiny_state_dict_file(tmp_path), arch="tinynet", store=store)
     calls = []
     progress = recording_progress(calls)
-    q = quantize_stage(fp, method="zaq", scheme=QuantScheme.from_bits(4), overrides=FAST_ZAQ, store=store,
+    q = quantize_stage(fp, method="zaq", scheme=QuantScheme.from_bits(4), overrides=FAST_ZAQ_RECON, store=store,
                        progress=progress)
     log = json.loads((q.dir / "log.json").read_text())
-    assert len(log["curves"]["round"]) == 3 and "lq" in calls[-1][1] and "lg" in calls[-1][1]
+    game = [f for d, f in calls if d.startswith("ZAQ:")]
+    assert len(log["curves"]["round"]) == 3 and "lq" in game[-1] and "lg" in game[-1]
+    assert log["reconstruction"]["kind"] == "adaround"  # the cpu recipe's last step
     assert not any((store.root / "work").rglob("zaq.ckpt"))
     onnx = export_stage(q, store=store)
     assert onnx.qdq_path.is_file()
     x = torch.rand(3, 1, 8, 8) * 2 - 1
     with torch.no_grad():
         assert torch.isfinite(q.model()(x)).all()
+
+
+def test_without_bn_reconstruction_runs_on_the_generators_images(tmp_path):
+    """A model without BN has no statistics for a ZeroQ set: ZAQ (which needs none) is not refused
+    and reconstructs on images of its final generator."""
+    from test_architectures import NoBatchNorm, _program
+    torch.manual_seed(0)
+    path = tmp_path / "nobn.pt2"
+    torch.export.save(_program(NoBatchNorm().eval()), path)
+    store = Store(tmp_path / "runs")
+    fp = load_stage(path, store=store)
+    q = quantize_stage(fp, method="zaq", scheme=QuantScheme.from_bits(4), overrides=FAST_ZAQ_RECON, store=store)
+    log = json.loads((q.dir / "log.json").read_text())
+    assert log["reconstruction"]["blocks"] and "synth" not in {p.name for p in store.root.iterdir()}
+    with pytest.raises(Exception, match="BatchNorm"):  # a deviation that reads BN statistics still needs them
+        quantize_stage(fp, method="zaq", scheme=QuantScheme.from_bits(4),
+                       overrides={**FAST_ZAQ_RECON, "bn_weight": "0.1"}, store=store)
+
+
+def test_the_schedule_counts_the_feature_discrepancy(tiny):
+    """The relation transforms cost more than an FP pass predicts (P×P per image): ZAQ times them
+    and its round estimate adds one per Q and G step."""
+    from toolchain.methods.schedule import probe_pass_seconds
+    cls, teacher = get_method("zaq"), fp_graph_module(tiny.program).eval()
+    pass_s = probe_pass_seconds(teacher, (1, 8, 8), torch.device("cpu"))
+    costs = cls.probe_costs(teacher, (1, 8, 8), torch.device("cpu"), pass_s)
+    assert costs["relation"] > 0
+    cfg = build_config(cls.Config, {"rounds": 10, "q_steps": 4, "batch_size": 8})
+    no_bn = lambda k, d: False  # noqa: E731
+    plain, timed = (cls(cfg, c).phases(QuantScheme.from_bits(4), no_bn)[0] for c in ({}, costs))
+    assert timed.cost == pytest.approx(plain.cost + 5 * costs["relation"])

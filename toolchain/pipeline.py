@@ -225,6 +225,7 @@ def quantize_stage(fp: FPArtifact, *, method: str = "bnstat", scheme: QuantSchem
     store = store or Store()
     scheme = scheme or QuantScheme()
     cls, cfg = method_config(method, budget, recipe, overrides)
+    cfg = _recipe_fitted_to_scheme(cfg, scheme, overrides or {}, progress)
     _check_fits_scheme(cfg, scheme)
     cfg_dict = dataclasses.asdict(cfg)
     key = content_key({"stage": Q_STAGE, "fp": fp.key, "method": method, "config": cfg_dict,
@@ -271,6 +272,18 @@ def quantize_stage(fp: FPArtifact, *, method: str = "bnstat", scheme: QuantSchem
         write_json(d / "log.json", {"wall_s": wall, "method_s": method_s, "recipe": recipe_used,
                                     "schedule": sched, **ctx.log})
     return QArtifact.open(store.path(Q_STAGE, key))
+
+
+def _recipe_fitted_to_scheme(cfg, scheme: QuantScheme, overrides: dict, progress):
+    """``cfg`` without the recipe's block reconstruction under a scheme that has none to reconstruct
+    (``paper``): a recipe's default gives way and says so; the user's own ``--set reconstruct=…`` does
+    not (:func:`_check_fits_scheme` refuses it)."""
+    if scheme.rules.exportable or getattr(cfg, "reconstruct", "none") == "none" or "reconstruct" in overrides:
+        return cfg
+    from .progress import say
+    say(progress, f"{scheme.rules.name} scheme: the recipe's reconstruct={cfg.reconstruct} is off "
+                  "(it reconstructs the deploy scheme's exported blocks)")
+    return dataclasses.replace(cfg, reconstruct="none")
 
 
 def _check_fits_scheme(cfg, scheme: QuantScheme) -> None:
@@ -320,22 +333,32 @@ def _fit_schedule(cls, cfg, scheme: QuantScheme, teacher, fp: FPArtifact, seed: 
     def is_cached(kind: str, k: dict) -> bool:
         return store.done(SYNTH_STAGE, _synth_key(fp, kind, k, seed))
 
+    costs: dict[str, float] = {}  # the method's own measured costs (Method.probe_costs), after the pass
+
     def phases_of(c):
-        return cls(c).phases(scheme, is_cached)
+        return cls(c, costs).phases(scheme, is_cached)
 
-    return _fitted(cfg, phases_of, parse_duration(cfg.time_budget), teacher, fp.meta.input_shape, dev, progress)
+    def probe(pass_s: float) -> dict[str, float]:
+        costs.update(cls.probe_costs(teacher, fp.meta.input_shape, dev, pass_s))
+        return costs
+
+    return _fitted(cfg, phases_of, parse_duration(cfg.time_budget), teacher, fp.meta.input_shape, dev, progress,
+                   probe=probe)
 
 
-def _fitted(cfg, phases_of, budget_s, model, input_shape, dev, progress, label: str = ""):
+def _fitted(cfg, phases_of, budget_s, model, input_shape, dev, progress, label: str = "", probe=None):
     """(``cfg`` fitted to ``budget_s`` by one timed pass of ``model``, the plan printed with ``label``;
-    or (``cfg``, None) when every phase is cached)."""
+    or (``cfg``, None) when every phase is cached). ``probe(pass_s)``: times what else the phases'
+    costs need and returns it (name → FP-pass units per image, recorded in the plan)."""
     from .methods.schedule import fit_schedule, probe_pass_seconds
     from .progress import say
     if not any(not p.cached for p in phases_of(cfg)):
         return cfg, None
     with preserved_rng():
         pass_s = probe_pass_seconds(model, input_shape, dev)
+        costs = probe(pass_s) if probe is not None else {}
     run_cfg, plan = fit_schedule(cfg, phases_of, budget_s, pass_s)
+    plan = dataclasses.replace(plan, costs=dict(costs))
     say(progress, label + plan.summary())
     return run_cfg, plan
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Callable, ClassVar
 
 import torch
+from torch import fx
 
 from ..core.errors import ConfigError
 from .config import Rule, Settings, build_config, group, setting
@@ -153,8 +154,11 @@ class Method:
         rules = (Rule("time_budget", lambda c: valid_duration(c.time_budget),
                       "must look like 15m, 1h30m, 90s, a number of seconds, or none"),)
 
-    def __init__(self, config=None):
+    def __init__(self, config=None, costs: dict[str, float] | None = None):
         self.config = config if config is not None else self.Config()
+        #: per-image costs of this method's steps an FP pass does not predict, in FP-pass units,
+        #: measured by :meth:`probe_costs` before the schedule is fitted (empty: not measured)
+        self.costs: dict[str, float] = dict(costs or {})
         #: (N, C, H, W) float32 synthetic images :meth:`run` calibrated on, if it synthesized them
         self.calibration_images: torch.Tensor | None = None
 
@@ -169,6 +173,24 @@ class Method:
 
     def run(self, ctx: MethodContext) -> QuantizedModel:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    @classmethod
+    def probe_costs(cls, teacher: fx.GraphModule, input_shape: tuple[int, ...], device: torch.device,
+                    pass_s: float) -> dict[str, float]:
+        """Time, on this machine, the parts of this method's steps whose cost does not scale like one
+        FP pass (:mod:`.schedule`), before the schedule is fitted; :meth:`phases` reads them from
+        :attr:`costs`.
+
+        Args:
+            teacher: the FP GraphModule (shape metadata on its nodes).
+            input_shape: (C, H, W) of one input.
+            device: where the method runs.
+            pass_s: seconds of one FP forward+backward per image (:func:`~.schedule.probe_pass_seconds`).
+
+        Returns:
+            name → FP-pass units per image; none by default.
+        """
+        return {}
 
     def phases(self, scheme: QuantScheme, is_cached: Callable[[str, dict], bool]) -> list[Phase]:
         """The long work of this configuration, for the time budget (:mod:`.schedule`): a method adds

@@ -85,6 +85,8 @@ class SchedulePlan:
         estimate_s: their total.
         changes: the settings lowered to fit.
         fits: whether the estimate is within the budget (False when the floors alone exceed it).
+        costs: the method's own measured costs (:meth:`~.registry.Method.probe_costs`), in FP-pass
+            units per image.
     """
 
     budget_s: float | None
@@ -93,12 +95,14 @@ class SchedulePlan:
     estimate_s: float
     changes: tuple[Change, ...] = field(default_factory=tuple)
     fits: bool = True
+    costs: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {"budget_s": self.budget_s, "pass_ms": round(self.pass_s * 1e3, 4),
                 "estimate_s": round(self.estimate_s, 1), "fits": self.fits,
                 "phases": [{"name": n, "estimate_s": round(s, 1), "cached": c} for n, s, c in self.phases],
-                "changes": [c.to_dict() for c in self.changes]}
+                "changes": [c.to_dict() for c in self.changes],
+                "costs": {k: round(v, 2) for k, v in self.costs.items()}}
 
     def summary(self) -> str:
         """One line: the estimate, the budget, what was scaled."""
@@ -160,10 +164,24 @@ def format_duration(seconds: float) -> str:
     return f"{s // 3600} h {(s % 3600) // 60:02d} min"
 
 
+def best_seconds(fn: Callable[[], object], device, repeats: int = 3) -> float:
+    """Seconds of the fastest of ``repeats`` timed calls of ``fn`` after one warm-up call (the least
+    disturbed by other work); CUDA work is synchronized before each clock read."""
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
 def probe_pass_seconds(model: torch.nn.Module, input_shape, device, batch: int = 16, repeats: int = 3) -> float:
     """Seconds per image of one forward+backward (gradient w.r.t. the input, as synthesis does)
-    of ``model`` at ``batch`` images of ``input_shape`` (C, H, W) on ``device``: one warm-up, then the
-    fastest of ``repeats`` timed passes (the least disturbed by other work), divided by ``batch``."""
+    of ``model`` at ``batch`` images of ``input_shape`` (C, H, W) on ``device``
+    (:func:`best_seconds` of the pass, divided by ``batch``)."""
     x = torch.randn(batch, *input_shape, device=device, requires_grad=True)
 
     def once():
@@ -171,15 +189,7 @@ def probe_pass_seconds(model: torch.nn.Module, input_shape, device, batch: int =
         out = out[0] if isinstance(out, (tuple, list)) else out
         out.float().square().mean().backward()
 
-    once()
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        once()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - t0)
-    return best / batch
+    return best_seconds(once, device, repeats) / batch
 
 
 def _get(cfg: Settings, path: str):

@@ -64,16 +64,17 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..graph.ops import has_batchnorm
 from .bn_stats import BN_LOSSES, BNStatistics
 from .checkpoint import Checkpointer
 from .config import group, setting
 from .distill import make_optimizer
-from .features import teacher_student_taps
+from .features import stage_output_nodes, teacher_student_taps
 from .generators import DFADGenerator, GeneratorSampler
 from .images import pixel_bounds
 from .loop import Player, TrainLoop, WarmUp
 from .registry import Method, MethodContext, register_method
-from .schedule import DISTILL_STEP_COST, GENERATOR_STEP_COST, Knob, Phase
+from .schedule import DISTILL_STEP_COST, GENERATOR_STEP_COST, Knob, Phase, best_seconds
 from .relation import FEATURE_WEIGHTS, feature_discrepancy
 from .student import StudentBN, StudentConfig, calibrate_student, student_param_groups, training
 from .synthesis import match_bn_statistics
@@ -142,10 +143,26 @@ class ZAQ(Method):
         c = self.config
         warmup = [Phase("generator warm-up", c.warmup_rounds, c.student.batch_size, GENERATOR_STEP_COST,
                         (Knob("warmup_rounds", min(10, c.warmup_rounds), 5),))] if c.warmup_rounds else []
-        # a refinement step is about one teacher forward+backward (1 FP-pass unit)
+        # a refinement step is about one teacher forward+backward (1 FP-pass unit); every Q and G step
+        # also computes the feature discrepancy, whose cost an FP pass does not predict (probe_costs)
+        relation = self.costs.get("relation", 0.0)
         return warmup + [Phase("adversarial rounds", c.rounds, c.student.batch_size,
-                               c.q_steps * (DISTILL_STEP_COST + c.q_refine_steps) + GENERATOR_STEP_COST,
+                               c.q_steps * (DISTILL_STEP_COST + c.q_refine_steps + relation)
+                               + GENERATOR_STEP_COST + relation,
                                (Knob("rounds", min(20, c.rounds), 10),))] + super().phases(scheme, is_cached)
+
+    @classmethod
+    def probe_costs(cls, teacher, input_shape, device, pass_s):
+        """``relation``: one forward+backward of the feature discrepancy per image, at the shapes of
+        the FP model's stage outputs (:func:`~.features.stage_output_nodes`), in FP-pass units. The
+        spatial relation is P×P per image (P = H·W positions), so its cost grows with the square of
+        the resolution, unlike a pass: on ResNet-20 a round took ~8× the estimate without it
+        (docs/time_budget.md)."""
+        shapes = [tuple(n.meta["val"].shape[1:]) for n in stage_output_nodes(teacher)]
+        batch = 4
+        f_q = [torch.randn(batch, *s, device=device, requires_grad=True) for s in shapes]
+        f_p = [torch.randn(batch, *s, device=device) for s in shapes]
+        return {"relation": best_seconds(lambda: feature_discrepancy(f_q, f_p).backward(), device) / batch / pass_s}
 
     def uses_bn_statistics(self) -> bool:
         """Whether a deviation reads the teacher's BN statistics (``bn_weight``, ``q_refine_steps``)."""
@@ -153,9 +170,10 @@ class ZAQ(Method):
 
     @property
     def needs_synthetic_images(self) -> bool:
-        """As :class:`~.registry.Method`, and also when a deviation reads BN statistics (a model
-        without BN is then refused before running)."""
-        return super().needs_synthetic_images or self.uses_bn_statistics()
+        """Only when a deviation reads BN statistics (a model without BN is then refused before
+        running). Reconstruction does not need them: on a model with BN it runs on a ZeroQ set, on
+        one without BN on the final generator's images (:meth:`run`)."""
+        return self.uses_bn_statistics()
 
     def run(self, ctx: MethodContext):
         c, s, dev, qmodel = self.config, self.config.student, ctx.device, ctx.qmodel
@@ -220,4 +238,8 @@ class ZAQ(Method):
                 ctx.progress, f"ZAQ: {c.rounds} rounds of {c.q_steps} Q steps + 1 G step")
         game.checkpointer.clear()
         warmup.checkpointer.clear()
+        if self.config.reconstruct != "none" and not has_batchnorm(ctx.teacher):
+            # no BN statistics for a ZeroQ set: reconstruct on what the game was played on
+            draws = -(-self.config.recon.images // s.batch_size)
+            self.calibration_images = torch.cat([images(False)[0] for _ in range(draws)])[:self.config.recon.images].cpu()
         return qmodel.eval()
