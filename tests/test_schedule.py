@@ -62,3 +62,16 @@ def test_quantize_records_the_schedule(tmp_path):
     assert sched["budget_s"] == 600 and sched["phases"][0]["name"] == "synthesis" and sched["wall_s"] >= 0
     q2 = quantize_stage(fp, method="minmax", scheme=QuantScheme.from_bits(4), store=store)
     assert json.loads((q2.dir / "quant.json").read_text())["schedule"] is None  # nothing long to plan
+
+
+@pytest.mark.parametrize("name", ["zaq", "lrq"])
+def test_refinement_of_q_batches_counts_in_the_round_estimate(name):
+    """Every ZeroQ refinement step on a Q batch is one more teacher pass per image (LRQ's cpu recipe
+    runs 10 of them per Q step: the estimate ran 4x short without them)."""
+    cls = get_method(name)
+    plain, refined = (build_config(cls.Config, {"rounds": "10", "q_steps": "2", "q_refine_steps": str(k)})
+                      for k in (0, 10))
+    game = [(p for p in cls(c).phases(QuantScheme.from_bits(4), lambda k, d: False)
+             if p.name == "adversarial rounds") for c in (plain, refined)]
+    a, b = (next(g) for g in game)
+    assert b.cost == pytest.approx(a.cost + 2 * 10)
