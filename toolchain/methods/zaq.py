@@ -52,6 +52,12 @@ of issue 18; they are the parts LRQ's recipe showed to matter, composed from the
   statistics (:func:`~.synthesis.match_bn_statistics`) before the teacher labels it;
 - Adam instead of SGD (``student.optimizer``, above).
 
+- ``reconstruct`` (a setting of every method, ``none`` by default; the ``cpu`` recipe: ``adaround``):
+  block reconstruction (:mod:`.reconstruct`) after the game, on a ZeroQ set of ``recon.images``
+  BN-matched images — the generator's adversarial images carry no BN-statistics prior — or, for a
+  model without BN, on the final generator's images. On the cpu budget the short game does not
+  improve on its own calibration; reconstruction is what lifts the model (docs/methods/zaq.md).
+
 - Checkpoints every ``student.checkpoint_every`` rounds into the run's work directory; a re-run
   of the same command continues from the last one and deletes it when done.
 """
