@@ -165,7 +165,7 @@ class ZAQ(Method):
         the resolution, unlike a pass: on ResNet-20 a round took ~8× the estimate without it
         (docs/time_budget.md)."""
         shapes = [tuple(n.meta["val"].shape[1:]) for n in stage_output_nodes(teacher)]
-        batch = 4
+        batch = 1  # P×P floats per map and image: 0.6 GB for a 112×112 stage (MobileNetV2)
         f_q = [torch.randn(batch, *s, device=device, requires_grad=True) for s in shapes]
         f_p = [torch.randn(batch, *s, device=device) for s in shapes]
         return {"relation": best_seconds(lambda: feature_discrepancy(f_q, f_p).backward(), device) / batch / pass_s}
