@@ -271,7 +271,8 @@ def quantize(model: Path = ModelArg, method: MethodChoice = MethodOpt, bits: int
             opts["scheme"] = mp.scheme
         q = quantize_stage(fp, store=store, progress=progress, **opts)
     rec = (q.config_json().get("recipe") or {})
-    _float_ops_note(read_json_quiet(q.dir / "quant.json"))
+    if q.scheme.rules.exportable:  # a simulation-only scheme has no DequantizeLinear/QuantizeLinear to speak of
+        _float_ops_note(read_json_quiet(q.dir / "quant.json"))
     if mp is not None:
         _print_mixed_precision(mp.plan)
     fmt = export_format(None, mp)
