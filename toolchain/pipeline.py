@@ -225,8 +225,7 @@ def quantize_stage(fp: FPArtifact, *, method: str = "bnstat", scheme: QuantSchem
     store = store or Store()
     scheme = scheme or QuantScheme()
     cls, cfg = method_config(method, budget, recipe, overrides)
-    cfg = _recipe_fitted_to_scheme(cfg, scheme, overrides or {}, progress)
-    _check_fits_scheme(cfg, scheme)
+    cfg = _fit_to_scheme(cfg, scheme, overrides or {}, progress)
     cfg_dict = dataclasses.asdict(cfg)
     key = content_key({"stage": Q_STAGE, "fp": fp.key, "method": method, "config": cfg_dict,
                        "scheme": scheme.to_dict(), "seed": seed, "rewrite": REWRITE_VERSION})
@@ -274,24 +273,13 @@ def quantize_stage(fp: FPArtifact, *, method: str = "bnstat", scheme: QuantSchem
     return QArtifact.open(store.path(Q_STAGE, key))
 
 
-def _recipe_fitted_to_scheme(cfg, scheme: QuantScheme, overrides: dict, progress):
-    """``cfg`` without the recipe's block reconstruction under a scheme that has none to reconstruct
-    (``paper``): a recipe's default gives way and says so; the user's own ``--set reconstruct=…`` does
-    not (:func:`_check_fits_scheme` refuses it)."""
-    if scheme.rules.exportable or getattr(cfg, "reconstruct", "none") == "none" or "reconstruct" in overrides:
-        return cfg
-    from .progress import say
-    say(progress, f"{scheme.rules.name} scheme: the recipe's reconstruct={cfg.reconstruct} is off "
-                  "(it reconstructs the deploy scheme's exported blocks)")
-    return dataclasses.replace(cfg, reconstruct="none")
-
-
-def _check_fits_scheme(cfg, scheme: QuantScheme) -> None:
-    """Refuse, before any work, settings that need the deploy scheme's folded BN or its exported
-    grids under a scheme without them (``paper``: BN unfolded, simulation only).
+def _fit_to_scheme(cfg, scheme: QuantScheme, overrides: dict, progress):
+    """``cfg`` checked, before any work, against a scheme without the deploy scheme's folded BN or
+    exported blocks (``paper``: BN unfolded, simulation only). A recipe's block reconstruction gives
+    way there and says so; the same setting given by the user (``--set reconstruct=…``) is refused.
 
     Raises:
-        ConfigError: ``bn_mode = "qat"`` without folded BN, or block reconstruction on a
+        ConfigError: ``bn_mode = "qat"`` without folded BN, or the user's block reconstruction on a
         simulation-only scheme.
     """
     rules = scheme.rules
@@ -299,9 +287,15 @@ def _check_fits_scheme(cfg, scheme: QuantScheme) -> None:
     if not rules.fold_bn and getattr(student, "bn_mode", "folded") == "qat":
         raise ConfigError(f"bn_mode=qat trains the folded BN back in the loop; the {rules.name} scheme keeps BN "
                           "unfolded already", "drop --set bn_mode=qat (its BN's γ and β train with the weights)")
-    if not rules.exportable and getattr(cfg, "reconstruct", "none") != "none":
+    if rules.exportable or getattr(cfg, "reconstruct", "none") == "none":
+        return cfg
+    if "reconstruct" in overrides:
         raise ConfigError(f"reconstruct={cfg.reconstruct} reconstructs the deploy scheme's exported blocks, not the "
                           f"{rules.name} scheme's", "drop --set reconstruct or --scheme")
+    from .progress import say
+    say(progress, f"{rules.name} scheme: the recipe's reconstruct={cfg.reconstruct} is off "
+                  "(it reconstructs the deploy scheme's exported blocks)")
+    return dataclasses.replace(cfg, reconstruct="none")
 
 
 @contextlib.contextmanager
@@ -357,8 +351,7 @@ def _fitted(cfg, phases_of, budget_s, model, input_shape, dev, progress, label: 
     with preserved_rng():
         pass_s = probe_pass_seconds(model, input_shape, dev)
         costs = probe(pass_s) if probe is not None else {}
-    run_cfg, plan = fit_schedule(cfg, phases_of, budget_s, pass_s)
-    plan = dataclasses.replace(plan, costs=dict(costs))
+    run_cfg, plan = fit_schedule(cfg, phases_of, budget_s, pass_s, costs)
     say(progress, label + plan.summary())
     return run_cfg, plan
 

@@ -223,7 +223,7 @@ def synthesis_phase(name: str, s, cached: bool, cost: float = 1.0, prefix: str =
 
 
 def fit_schedule(cfg: Settings, phases_of: Callable[[Settings], list[Phase]], budget_s: float | None,
-                 pass_s: float) -> tuple[Settings, SchedulePlan]:
+                 pass_s: float, costs: dict[str, float] | None = None) -> tuple[Settings, SchedulePlan]:
     """Lower ``cfg``'s knobs until the estimated duration fits ``budget_s``.
 
     Each knob in turn (phases in order, their knobs in order) is set to the value that would bring
@@ -235,6 +235,7 @@ def fit_schedule(cfg: Settings, phases_of: Callable[[Settings], list[Phase]], bu
         phases_of: ``cfg -> phases`` (:meth:`~.registry.Method.phases`).
         budget_s: seconds, or None for an estimate without changes.
         pass_s: :func:`probe_pass_seconds`.
+        costs: the method's own measured costs the phases were built with (recorded in the plan).
 
     Returns:
         (the config to run, the plan).
@@ -263,5 +264,5 @@ def fit_schedule(cfg: Settings, phases_of: Callable[[Settings], list[Phase]], bu
     phases = phases_of(cfg)
     est = sum(p.seconds(pass_s) for p in phases)
     plan = SchedulePlan(budget_s, pass_s, tuple((p.name, p.seconds(pass_s), p.cached) for p in phases), est,
-                        tuple(changes), budget_s is None or est <= budget_s * 1.001)
+                        tuple(changes), budget_s is None or est <= budget_s * 1.001, dict(costs or {}))
     return cfg, plan  # dataclasses.replace re-ran the settings' checks on every changed value
