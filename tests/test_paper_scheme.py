@@ -104,7 +104,8 @@ def test_run_simulates_and_export_refuses(tmp_path):
 
 
 @pytest.mark.parametrize("settings,match", [({"bn_mode": "qat"}, "bn_mode=qat"),
-                                             ({"reconstruct": "adaround"}, "reconstruct=adaround")])
+                                             ({"reconstruct": "adaround"}, "reconstruct=adaround"),
+                                             ({"bias_correction": "true"}, "bias_correction=True")])
 def test_deploy_only_settings_are_refused_before_any_work(tmp_path, settings, match):
     store = Store(tmp_path / "runs")
     fp = load_stage(tiny_state_dict_file(tmp_path), arch="tinynet", store=store)

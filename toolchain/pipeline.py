@@ -197,7 +197,7 @@ def _method_teacher(fp: FPArtifact, cls, method: str, seed: int, device: str, ne
             f"method {method} trains on class logits and this is a {fp.meta.task} model "
             f"(per-pixel output); methods that apply: {dense}")
     if cls.needs_batchnorm if needs_batchnorm is None else needs_batchnorm:
-        label = method if cls.needs_batchnorm else f"{method} with reconstruct (on a BN-statistics synthetic set)"
+        label = method if cls.needs_batchnorm else f"{method} with reconstruct or bias_correction (on a BN-statistics synthetic set)"
         require_batchnorm(program, label, tuple(m for m in list_methods() if not get_method(m).needs_batchnorm))
     seed_everything(seed)
     return dev, program, fp_graph_module(program).to(dev).eval()
@@ -273,13 +273,18 @@ def quantize_stage(fp: FPArtifact, *, method: str = "bnstat", scheme: QuantSchem
     return QArtifact.open(store.path(Q_STAGE, key))
 
 
+#: the post-steps that work on the deploy scheme's folded, exported layers → their "off" value
+DEPLOY_POST_STEPS = {"reconstruct": "none", "bias_correction": False}
+
+
 def _fit_to_scheme(cfg, scheme: QuantScheme, overrides: dict, progress):
     """``cfg`` checked, before any work, against a scheme without the deploy scheme's folded BN or
-    exported blocks (``paper``: BN unfolded, simulation only). A recipe's block reconstruction gives
-    way there and says so; the same setting given by the user (``--set reconstruct=…``) is refused.
+    exported blocks (``paper``: BN unfolded, simulation only). A recipe's post-steps (block
+    reconstruction, bias correction: :data:`DEPLOY_POST_STEPS`) give way there and say so; the same
+    settings given by the user (``--set reconstruct=…``) are refused.
 
     Raises:
-        ConfigError: ``bn_mode = "qat"`` without folded BN, or the user's block reconstruction on a
+        ConfigError: ``bn_mode = "qat"`` without folded BN, or the user's post-step on a
         simulation-only scheme.
     """
     rules = scheme.rules
@@ -287,15 +292,18 @@ def _fit_to_scheme(cfg, scheme: QuantScheme, overrides: dict, progress):
     if not rules.fold_bn and getattr(student, "bn_mode", "folded") == "qat":
         raise ConfigError(f"bn_mode=qat trains the folded BN back in the loop; the {rules.name} scheme keeps BN "
                           "unfolded already", "drop --set bn_mode=qat (its BN's γ and β train with the weights)")
-    if rules.exportable or getattr(cfg, "reconstruct", "none") == "none":
+    active = {k: getattr(cfg, k) for k, off in DEPLOY_POST_STEPS.items() if getattr(cfg, k, off) != off}
+    if rules.exportable or not active:
         return cfg
-    if "reconstruct" in overrides:
-        raise ConfigError(f"reconstruct={cfg.reconstruct} reconstructs the deploy scheme's exported blocks, not the "
-                          f"{rules.name} scheme's", "drop --set reconstruct or --scheme")
+    given = [k for k in active if k in overrides]
+    if given:
+        raise ConfigError(f"{', '.join(f'{k}={active[k]}' for k in given)} works on the deploy scheme's folded, "
+                          f"exported layers, not the {rules.name} scheme's",
+                          f"drop {' and '.join(f'--set {k}' for k in given)}, or --scheme")
     from .progress import say
-    say(progress, f"{rules.name} scheme: the recipe's reconstruct={cfg.reconstruct} is off "
-                  "(it reconstructs the deploy scheme's exported blocks)")
-    return dataclasses.replace(cfg, reconstruct="none")
+    say(progress, f"{rules.name} scheme: the recipe's {', '.join(f'{k}={v}' for k, v in active.items())} "
+                  "is off (it works on the deploy scheme's folded, exported layers)")
+    return dataclasses.replace(cfg, **{k: DEPLOY_POST_STEPS[k] for k in active})
 
 
 @contextlib.contextmanager

@@ -142,6 +142,9 @@ class Method:
                 :data:`~.reconstruct.RECONSTRUCTIONS`: "none", or "adaround" (block reconstruction
                 on synthetic images, BRECQ/AdaRound).
             recon: its settings (:class:`~.reconstruct.ReconstructionConfig`).
+            bias_correction: after the method (and after reconstruction, when on), subtract each
+                layer's mean output shift from its bias, measured on the synthetic images
+                (:mod:`toolchain.quant.bias_correction`; Nagel et al. 2019 sec. 4.2).
             time_budget: fit the schedule into this long (``15m``, ``1h``, ``90s``; "none": run the
                 recipe as it is): the long phases (:meth:`Method.phases`) are estimated from a timed
                 pass of the FP model and their settings lowered to fit (:mod:`.schedule`).
@@ -149,6 +152,7 @@ class Method:
 
         reconstruct: str = setting("none", choices=tuple(RECONSTRUCTIONS))
         recon: ReconstructionConfig = group(ReconstructionConfig)
+        bias_correction: bool = setting(False)
         time_budget: str = setting("none")
 
         rules = (Rule("time_budget", lambda c: valid_duration(c.time_budget),
@@ -164,9 +168,14 @@ class Method:
 
     @property
     def needs_synthetic_images(self) -> bool:
-        """Whether this configuration reads BN statistics (the method's own need, or reconstruction
-        on a ZeroQ set); checked before running."""
-        return self.needs_batchnorm or self.config.reconstruct != "none"
+        """Whether this configuration reads BN statistics (the method's own need, or a post-step —
+        reconstruction, bias correction — on a ZeroQ set); checked before running."""
+        return self.needs_batchnorm or self.needs_post_images
+
+    @property
+    def needs_post_images(self) -> bool:
+        """Whether a step after :meth:`run` (reconstruction, bias correction) runs on synthetic images."""
+        return self.config.reconstruct != "none" or self.config.bias_correction
 
     #: whether :meth:`run` sets :attr:`calibration_images` (then reconstruction needs no set of its own)
     synthesizes_calibration_images: ClassVar[bool] = False
@@ -201,7 +210,7 @@ class Method:
             is_cached: ``is_cached(kind, key)``: whether the artifact :attr:`MethodContext.cached` would
                 build for ``(kind, key)`` is already stored.
         """
-        if self.config.reconstruct == "none":
+        if not self.needs_post_images:
             return []
         r = self.config.recon
         out = []
@@ -210,28 +219,43 @@ class Method:
             s = SynthesisConfig(num_images=r.images)
             out.append(dataclasses.replace(synthesis_phase("reconstruction set", s, is_cached("synth", dataclasses.asdict(s))),
                                            knobs=(Knob("recon.images", min(32, r.images), 8),)))
-        # a step trains one block; over all blocks a step costs RECONSTRUCTION_STEP_COST FP passes an image
-        out.append(Phase("reconstruction", r.steps, r.batch, RECONSTRUCTION_STEP_COST,
-                         (Knob("recon.steps", min(100, r.steps), 50),)))
+        if self.config.reconstruct != "none":
+            # a step trains one block; over all blocks a step costs RECONSTRUCTION_STEP_COST FP passes an image
+            out.append(Phase("reconstruction", r.steps, r.batch, RECONSTRUCTION_STEP_COST,
+                             (Knob("recon.steps", min(100, r.steps), 50),)))
         return out
 
     def quantize(self, ctx: MethodContext) -> QuantizedModel:
-        """:meth:`run`, then the configured reconstruction step (its record in ``ctx.log``)."""
+        """:meth:`run`, then the configured post-steps on the synthetic images: bias correction,
+        reconstruction, and bias correction again after it (their records in ``ctx.log``)."""
         qmodel = self.run(ctx)
+        if not self.needs_post_images:
+            return qmodel
+        from ..quant.rewrite import quantize_graph
+        images = self.reconstruction_images(ctx).to(ctx.device)
+        reference = quantize_graph(ctx.teacher, ctx.scheme).to(ctx.device)  # the FP model, same layers
+        self._correct_biases(qmodel, images, reference, ctx, "bias_correction")
         step = RECONSTRUCTIONS[self.config.reconstruct]
         if step is not None:
-            from ..quant.rewrite import quantize_graph
             from .checkpoint import Checkpointer
-            images = self.reconstruction_images(ctx).to(ctx.device)
-            reference = quantize_graph(ctx.teacher, ctx.scheme).to(ctx.device)  # the FP model, same blocks
             ckpt = Checkpointer(ctx.workdir, "reconstruct.ckpt", dataclasses.asdict(self.config))
             log = step(qmodel, images, self.config.recon, reference=reference, progress=ctx.progress,
                        checkpointer=ckpt)
             ctx.log["reconstruction"] = log.to_dict()
+            self._correct_biases(qmodel, images, reference, ctx, "bias_correction_after_reconstruction")
         return qmodel
 
+    def _correct_biases(self, qmodel: QuantizedModel, images: torch.Tensor, reference: QuantizedModel,
+                        ctx: MethodContext, log_key: str) -> None:
+        if not self.config.bias_correction:
+            return
+        from ..quant.bias_correction import correct_biases
+        log = correct_biases(qmodel, images, reference=reference, batch=self.config.recon.batch,
+                             progress=ctx.progress)
+        ctx.log[log_key] = log.to_dict()
+
     def reconstruction_images(self, ctx: MethodContext) -> torch.Tensor:
-        """The (N, C, H, W) float32 images reconstruction runs on: the synthetic images the method
+        """The (N, C, H, W) float32 images the post-steps run on: the synthetic images the method
         calibrated on (:attr:`calibration_images`, set by :meth:`run`: bnstat's ZeroQ set, GZNQ's
         draws), else a cached ZeroQ set of ``recon.images`` images (:func:`~.bnstat.synthetic_set`)."""
         if self.calibration_images is not None:

@@ -177,8 +177,8 @@ class ZAQ(Method):
     @property
     def needs_synthetic_images(self) -> bool:
         """Only when a deviation reads BN statistics (a model without BN is then refused before
-        running). Reconstruction does not need them: on a model with BN it runs on a ZeroQ set, on
-        one without BN on the final generator's images (:meth:`run`)."""
+        running). The post-steps (reconstruction, bias correction) do not need them: on a model with BN
+        they run on a ZeroQ set, on one without BN on the final generator's images (:meth:`run`)."""
         return self.uses_bn_statistics()
 
     def run(self, ctx: MethodContext):
@@ -244,7 +244,7 @@ class ZAQ(Method):
                 ctx.progress, f"ZAQ: {c.rounds} rounds of {c.q_steps} Q steps + 1 G step")
         game.checkpointer.clear()
         warmup.checkpointer.clear()
-        if self.config.reconstruct != "none" and not has_batchnorm(ctx.teacher):
+        if self.needs_post_images and not has_batchnorm(ctx.teacher):
             # no BN statistics for a ZeroQ set: reconstruct on what the game was played on
             draws = -(-self.config.recon.images // s.batch_size)
             self.calibration_images = torch.cat([images(False)[0] for _ in range(draws)])[:self.config.recon.images].cpu()
