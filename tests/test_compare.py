@@ -150,7 +150,7 @@ def test_a_failing_pair_is_a_failed_row_and_the_rest_still_run(files, tmp_path, 
     (["--threads", "-1"], "--threads"),
     (["--budget", "huge"], "'huge' is not one of 'cpu', 'paper'"),
     (["--set", "nope.iterations=3"], "has a setting 'nope.iterations'"),
-    (["--methods", "bnstat+nope"], "unknown reconstruction 'nope'"),
+    (["--methods", "bnstat+nope"], "unknown post-step 'nope'"),
     (["--methods", "nope+adaround"], "unknown method 'nope+adaround'"),
     (["--set", "zzz=1"], "has a setting 'zzz'"),
     (["--set", "bnstat.zzz=1"], "unknown setting"),
@@ -181,22 +181,28 @@ def test_a_reconstruction_variant_is_a_method_entry_of_its_own():
                           ["bnstat", "bnstat+adaround", "minmax"])
     assert per["bnstat+adaround"] == {"iterations": "7", "recon.steps": "3", "reconstruct": "adaround"}
     assert per["bnstat"] == {"iterations": "7", "recon.steps": "3"} and "reconstruct" not in per["bnstat"]
+    both = split_overrides([], ["bnstat+bc+adaround", "minmax+bc"])
+    assert both == {"bnstat+bc+adaround": {"bias_correction": "true", "reconstruct": "adaround"},
+                    "minmax+bc": {"bias_correction": "true"}}
 
 
 def test_compare_with_and_without_reconstruction(files, tmp_path):
     model, data = files
     out = tmp_path / "cmp"
-    r = invoke("compare", model, "--arch", "tinynet", "--data", data, "--methods", "bnstat,bnstat+adaround",
+    r = invoke("compare", model, "--arch", "tinynet", "--data", data, "--methods", "bnstat,bnstat+adaround,bnstat+bc",
                "--bits", "4", *FAST_SET, "--set", "recon.steps=4", "--set", "recon.batch=4", "--latency-runs", "2",
                "--parity-images", "0", "--store", tmp_path / "runs", "--out", out)
     assert r.exit_code == 0, r.output
     rows = json.loads((out / "compare.json").read_text())["rows"]
-    assert [(row["method"], row["status"]) for row in rows] == [("bnstat", "ok"), ("bnstat+adaround", "ok")]
-    assert rows[0]["artifacts"]["q"] != rows[1]["artifacts"]["q"]  # two quantized models
+    assert [(row["method"], row["status"]) for row in rows] == [("bnstat", "ok"), ("bnstat+adaround", "ok"),
+                                                                ("bnstat+bc", "ok")]
+    assert len({row["artifacts"]["q"] for row in rows}) == 3  # three quantized models
     rep = json.loads((out / "reports" / "bnstat+adaround-w4a4-fl8-t1.json").read_text())
     assert rep["quantize"]["method"] == "bnstat" and rep["quantize"]["reconstruct"] == "adaround"
     assert "reconstruct" not in json.loads((out / "reports" / "bnstat-w4a4-fl8-t1.json").read_text())["quantize"]
-    assert {r.method for r in load_rows(sorted((out / "reports").glob("*.json")))} == {"bnstat", "bnstat+adaround"}
+    assert json.loads((out / "reports" / "bnstat+bc-w4a4-fl8-t1.json").read_text())["quantize"]["bias_correction"] is True
+    assert {r.method for r in load_rows(sorted((out / "reports").glob("*.json")))} == {"bnstat", "bnstat+adaround",
+                                                                                       "bnstat+bc"}
     assert "| bnstat+adaround | W4A4 (8) |" in (out / "compare.md").read_text()
 
 

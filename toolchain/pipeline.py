@@ -811,4 +811,5 @@ def _quantize_section(q: QArtifact, method: str, budget: str, seed: int, cached:
         method_s=qlog.get("method_s"), reused=qlog.get("reused", {}), device=qlog.get("device"),
         float_ops=qlog.get("float_ops", {}), unknown_ops=qlog.get("unknown_ops", {}),
         mixed_precision=None if mp is None else mp.plan,
-        reconstruct=qlog.get("method_config", {}).get("reconstruct"))
+        reconstruct=qlog.get("method_config", {}).get("reconstruct"),
+        bias_correction=qlog.get("method_config", {}).get("bias_correction"))

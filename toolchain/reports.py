@@ -142,7 +142,9 @@ class QuantizeSection(Record):
     ``float_ops`` / ``unknown_ops``: op → count run in float between DequantizeLinear and QuantizeLinear;
     ``mixed_precision``: the :class:`MixedPrecisionPlan` of a ``--size-budget`` run (absent otherwise);
     ``reconstruct``: the block reconstruction the method ended with (``--set reconstruct=…``; absent
-    for "none"); ``label``: ``method`` or ``method+reconstruct``, as ``compare --methods`` names it.
+    for "none"); ``bias_correction``: True when the biases were corrected (absent otherwise);
+    ``label``: ``method``, ``method+bc``, ``method+adaround``, ``method+bc+adaround``, as ``compare
+    --methods`` names it.
     """
 
     method: str
@@ -159,14 +161,18 @@ class QuantizeSection(Record):
     unknown_ops: dict[str, int]
     mixed_precision: MixedPrecisionPlan | None = omitted_if_none()
     reconstruct: str | None = omitted_if_none()
+    bias_correction: bool | None = omitted_if_none()
 
     def __post_init__(self):
         if self.reconstruct == "none":  # one spelling of "no reconstruction" in reports
             object.__setattr__(self, "reconstruct", None)
+        if not self.bias_correction:  # one spelling of "not corrected"
+            object.__setattr__(self, "bias_correction", None)
 
     @property
     def label(self) -> str:
-        return self.method if self.reconstruct in (None, "none") else f"{self.method}+{self.reconstruct}"
+        steps = ["bc"] * bool(self.bias_correction) + [self.reconstruct] * (self.reconstruct is not None)
+        return "+".join([self.method, *steps])
 
 
 @dataclass(frozen=True)

@@ -17,9 +17,12 @@ def _items(text: str | Sequence, name: str) -> list[str]:
     return list(dict.fromkeys(items))  # de-duplicated, order kept
 
 
-#: ``METHOD+RECONSTRUCTION`` in ``--methods``: the method ending with that block reconstruction
-#: (``--set reconstruct=…``), a row of its own beside the plain method's
+#: ``METHOD+STEP[+STEP]`` in ``--methods``: the method ending with those post-steps, a row of its own
+#: beside the plain method's: a block reconstruction (``--set reconstruct=…``) or a :data:`POST_STEPS` name
 VARIANT_SEP = "+"
+
+#: the post-steps a ``--methods`` entry names besides a reconstruction → the setting each implies
+POST_STEPS = {"bc": ("bias_correction", "true")}
 
 
 def method_of(entry: str) -> str:
@@ -29,17 +32,22 @@ def method_of(entry: str) -> str:
 
 def entry_settings(entry: str) -> dict[str, str]:
     """The settings a ``--methods`` entry implies: ``{"reconstruct": "adaround"}`` for
-    ``"bnstat+adaround"``, ``{}`` for a plain method."""
-    _, sep, recon = entry.partition(VARIANT_SEP)
-    return {"reconstruct": recon} if sep else {}
+    ``"bnstat+adaround"``, ``{"bias_correction": "true", "reconstruct": "adaround"}`` for
+    ``"bnstat+bc+adaround"``, ``{}`` for a plain method."""
+    out: dict[str, str] = {}
+    for part in entry.split(VARIANT_SEP)[1:]:
+        key, value = POST_STEPS.get(part, ("reconstruct", part))
+        out[key] = value
+    return out
 
 
 def parse_methods(text: str | Sequence[str]) -> list[str]:
     """``"minmax,bnstat,bnstat+adaround"`` → ``["minmax", "bnstat", "bnstat+adaround"]``, each a
-    registered method, optionally ``+`` a block reconstruction (:data:`~toolchain.methods.reconstruct.RECONSTRUCTIONS`).
+    registered method, optionally ``+`` post-steps: ``bc`` (bias correction) and/or a block
+    reconstruction (:data:`~toolchain.methods.reconstruct.RECONSTRUCTIONS`).
 
     Raises:
-        ConfigError: an empty list, a name that is not registered or an unknown reconstruction (the
+        ConfigError: an empty list, a name that is not registered or an unknown post-step (the
         message lists the choices).
     """
     from ..methods.reconstruct import RECONSTRUCTIONS
@@ -50,13 +58,13 @@ def parse_methods(text: str | Sequence[str]) -> list[str]:
     if unknown:
         raise ConfigError(f"unknown method{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} "
                           f"in --methods", f"available: {', '.join(known)}")
-    recons = [r for r in RECONSTRUCTIONS if r != "none"]
+    steps = [*POST_STEPS, *(r for r in RECONSTRUCTIONS if r != "none")]
     for m in methods:
         r = entry_settings(m).get("reconstruct")
-        if r is not None and r not in recons:
-            raise ConfigError(f"unknown reconstruction {r!r} in --methods entry {m!r}",
-                              f"METHOD{VARIANT_SEP}RECONSTRUCTION with one of: {', '.join(recons)} "
-                              f"(e.g. bnstat{VARIANT_SEP}{recons[0]})")
+        if r is not None and r not in steps:
+            raise ConfigError(f"unknown post-step {r!r} in --methods entry {m!r}",
+                              f"METHOD{VARIANT_SEP}STEP with STEP one of: {', '.join(steps)} "
+                              f"(e.g. bnstat{VARIANT_SEP}{steps[0]}{VARIANT_SEP}{steps[-1]})")
     return methods
 
 
