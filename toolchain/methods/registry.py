@@ -142,7 +142,7 @@ class Method:
                 :data:`~.reconstruct.RECONSTRUCTIONS`: "none", or "adaround" (block reconstruction
                 on synthetic images, BRECQ/AdaRound).
             recon: its settings (:class:`~.reconstruct.ReconstructionConfig`).
-            bias_correction: after the method (and after reconstruction, when on), subtract each
+            bias_correction: after the method (before reconstruction, when on), subtract each
                 layer's mean output shift from its bias, measured on the synthetic images
                 (:mod:`toolchain.quant.bias_correction`; Nagel et al. 2019 sec. 4.2).
             time_budget: fit the schedule into this long (``15m``, ``1h``, ``90s``; "none": run the
@@ -226,15 +226,20 @@ class Method:
         return out
 
     def quantize(self, ctx: MethodContext) -> QuantizedModel:
-        """:meth:`run`, then the configured post-steps on the synthetic images: bias correction,
-        reconstruction, and bias correction again after it (their records in ``ctx.log``)."""
+        """:meth:`run`, then the configured post-steps on the synthetic images: bias correction, then
+        reconstruction (their records in ``ctx.log``). Not the other way round: reconstruction
+        fits a block's layers to each other, and correcting each layer's mean afterwards undoes that."""
         qmodel = self.run(ctx)
         if not self.needs_post_images:
             return qmodel
         from ..quant.rewrite import quantize_graph
         images = self.reconstruction_images(ctx).to(ctx.device)
         reference = quantize_graph(ctx.teacher, ctx.scheme).to(ctx.device)  # the FP model, same layers
-        self._correct_biases(qmodel, images, reference, ctx, "bias_correction")
+        if self.config.bias_correction:
+            from ..quant.bias_correction import correct_biases
+            log = correct_biases(qmodel, images, reference=reference, batch=self.config.recon.batch,
+                                 progress=ctx.progress)
+            ctx.log["bias_correction"] = log.to_dict()
         step = RECONSTRUCTIONS[self.config.reconstruct]
         if step is not None:
             from .checkpoint import Checkpointer
@@ -242,17 +247,7 @@ class Method:
             log = step(qmodel, images, self.config.recon, reference=reference, progress=ctx.progress,
                        checkpointer=ckpt)
             ctx.log["reconstruction"] = log.to_dict()
-            self._correct_biases(qmodel, images, reference, ctx, "bias_correction_after_reconstruction")
         return qmodel
-
-    def _correct_biases(self, qmodel: QuantizedModel, images: torch.Tensor, reference: QuantizedModel,
-                        ctx: MethodContext, log_key: str) -> None:
-        if not self.config.bias_correction:
-            return
-        from ..quant.bias_correction import correct_biases
-        log = correct_biases(qmodel, images, reference=reference, batch=self.config.recon.batch,
-                             progress=ctx.progress)
-        ctx.log[log_key] = log.to_dict()
 
     def reconstruction_images(self, ctx: MethodContext) -> torch.Tensor:
         """The (N, C, H, W) float32 images the post-steps run on: the synthetic images the method
