@@ -66,8 +66,8 @@ def test_quantize_records_the_schedule(tmp_path):
 
 @pytest.mark.parametrize("name", ["zaq", "lrq"])
 def test_refinement_of_q_batches_counts_in_the_round_estimate(name):
-    """Every ZeroQ refinement step on a Q batch is one more teacher pass per image (LRQ's cpu recipe
-    runs 10 of them per Q step: the estimate ran 4x short without them)."""
+    """Every ZeroQ refinement step on a Q batch is one more BN-statistics step per image (LRQ's cpu
+    recipe runs 10 of them per Q step: the estimate ran 4x short without them), at the probed cost."""
     cls = get_method(name)
     plain, refined = (build_config(cls.Config, {"rounds": "10", "q_steps": "2", "q_refine_steps": str(k)})
                       for k in (0, 10))
@@ -75,3 +75,30 @@ def test_refinement_of_q_batches_counts_in_the_round_estimate(name):
              if p.name == "adversarial rounds") for c in (plain, refined)]
     a, b = (next(g) for g in game)
     assert b.cost == pytest.approx(a.cost + 2 * 10)
+    probed = cls(refined, {"bn_synthesis": 2.5}).phases(QuantScheme.from_bits(4), lambda k, d: False)
+    assert next(p for p in probed if p.name == "adversarial rounds").cost == pytest.approx(a.cost + 2 * 10 * 2.5)
+
+
+def test_synthesis_phases_count_the_probed_bn_step_cost(tmp_path):
+    """A BN-statistics step is timed, not assumed to cost one FP pass (it cost 2.5 on MobileNetV2,
+    whose synthesis ran 2.5x its estimate): the probe returns it for a model with BN, nothing
+    for one without, and every synthesis phase (a method's set, the reconstruction set) uses it."""
+    import torch
+
+    from toolchain.quant.rewrite import fp_graph_module
+    store = Store(tmp_path / "runs")
+    fp = load_stage(tiny_state_dict_file(tmp_path), arch="tinynet", store=store)
+    teacher = fp_graph_module(fp.program()).eval()
+    n_nodes = len(teacher.graph.nodes)
+    costs = get_method("bnstat").probe_costs(teacher, fp.meta.input_shape, torch.device("cpu"), 1e-3)
+    assert costs["bn_synthesis"] > 0 and len(teacher.graph.nodes) == n_nodes  # taps went into a copy
+    no_bn = fp_graph_module(torch.export.export(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU()).eval(),
+                                                (torch.randn(1, 3, 8, 8),)))
+    assert get_method("bnstat").probe_costs(no_bn, (3, 8, 8), torch.device("cpu"), 1e-3) == {}
+    for name, kinds in (("bnstat", {"synthesis"}), ("gznq", {"synthesis"}), ("zaq", {"reconstruction set"})):
+        cls = get_method(name)
+        cfg = build_config(cls.Config, {"reconstruct": "adaround"})
+        plain, probed = (cls(cfg, c).phases(QuantScheme.from_bits(4), lambda k, d: False)
+                         for c in ({}, {"bn_synthesis": 3.0}))
+        for a, b in zip(plain, probed):
+            assert b.cost == pytest.approx(a.cost * 3.0 if a.name in kinds else a.cost), (name, a.name)

@@ -13,6 +13,8 @@ variance) are compared with the layer's running statistics (μ_c, σ²_c + ε):
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import fx
 
@@ -94,3 +96,37 @@ def teacher_with_bn_taps(ctx) -> tuple[torch.nn.Module, BNStatistics]:
     """
     teacher = ctx.teacher_copy()
     return teacher, BNStatistics(teacher).to(ctx.device)
+
+
+def probe_bn_step_units(teacher: fx.GraphModule, input_shape: tuple[int, ...], device: torch.device,
+                        pass_s: float, batch: int = 16) -> float | None:
+    """FP-pass units per image of one BN-statistics step on this machine: a forward of a tapped copy
+    of ``teacher``, the "l2" BN loss (:meth:`BNStatistics.loss`) and its backward to the images —
+    the step of ZeroQ synthesis (:func:`~.synthesis.match_bn_statistics`) and of GZNQ's, timed, not
+    assumed. The per-channel batch statistics over every BN input cost about as much as the convs
+    themselves: 1.85 passes on ResNet-20 and 2.0 on MobileNetV2 (Xeon, 1 thread), where the schedule
+    had counted 1 and MobileNetV2's synthesis ran 2.5x its estimate (docs/time_budget.md).
+
+    Args:
+        teacher: the FP GraphModule (not modified: a copy gets the taps).
+        input_shape: (C, H, W) of one input.
+        device: where the method runs.
+        pass_s: seconds of one FP forward+backward per image (:func:`~.schedule.probe_pass_seconds`), > 0.
+        batch: images per timed step.
+
+    Returns:
+        The step's seconds per image / ``pass_s``, or None when the model has no BatchNorm.
+    """
+    from .schedule import best_seconds
+    tapped = copy.deepcopy(teacher)
+    try:
+        bn = BNStatistics(tapped).to(device)
+    except UnsupportedModelError:
+        return None
+    x = torch.randn(batch, *input_shape, device=device, requires_grad=True)
+
+    def step():
+        tapped(x)
+        bn.loss("l2").backward()
+
+    return best_seconds(step, device) / batch / pass_s

@@ -67,7 +67,7 @@ class BNStat(Method):
 
     def phases(self, scheme, is_cached) -> list[Phase]:
         s = self.config.synthesis
-        return [synthesis_phase("synthesis", s, is_cached("synth", dataclasses.asdict(s)))] + \
+        return [synthesis_phase("synthesis", s, is_cached("synth", dataclasses.asdict(s)), self.synthesis_cost)] + \
             super().phases(scheme, is_cached)
 
     def run(self, ctx: MethodContext):

@@ -273,7 +273,8 @@ class GZNQ(Method):
 
     def phases(self, scheme, is_cached) -> list[Phase]:
         c = self.config
-        out = [synthesis_phase("synthesis", c.synthesis, is_cached("gznq", dataclasses.asdict(c.synthesis)), 1.2)]
+        out = [synthesis_phase("synthesis", c.synthesis, is_cached("gznq", dataclasses.asdict(c.synthesis)),
+                               self.synthesis_cost)]
         if self._finetunes_at(scheme) and c.ft_steps:
             out.append(Phase("distillation", c.ft_steps, c.student.batch_size, DISTILL_STEP_COST,
                              (Knob("ft_steps", min(50, c.ft_steps), 50),)))

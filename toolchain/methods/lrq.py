@@ -205,9 +205,9 @@ class LRQ(Method):
         c = self.config
         return [Phase("generator warm-up", c.warmup_rounds, c.student.batch_size, c.g_steps * GENERATOR_STEP_COST,
                       (Knob("warmup_rounds", min(20, c.warmup_rounds), 10),)),
-                # a refinement step of a Q batch is about one teacher forward+backward (1 FP-pass unit)
+                # a refinement step of a Q batch is one BN-statistics step (synthesis_cost, probed)
                 Phase("adversarial rounds", c.rounds, c.student.batch_size,
-                      c.q_steps * (DISTILL_STEP_COST + c.q_refine_steps) + c.g_steps * GENERATOR_STEP_COST,
+                      c.q_steps * (DISTILL_STEP_COST + c.q_refine_steps * self.synthesis_cost) + c.g_steps * GENERATOR_STEP_COST,
                       (Knob("rounds", min(50, c.rounds), 10),))] + super().phases(scheme, is_cached)
 
     def run(self, ctx: MethodContext):

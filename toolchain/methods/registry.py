@@ -197,9 +197,19 @@ class Method:
             pass_s: seconds of one FP forward+backward per image (:func:`~.schedule.probe_pass_seconds`).
 
         Returns:
-            name → FP-pass units per image; none by default.
+            name → FP-pass units per image: ``bn_synthesis`` (one BN-statistics step,
+            :func:`~.bn_stats.probe_bn_step_units`; read by :attr:`synthesis_cost`) when the model
+            has BatchNorm, and a method's own costs in overrides.
         """
-        return {}
+        from .bn_stats import probe_bn_step_units
+        units = probe_bn_step_units(teacher, input_shape, device, pass_s)
+        return {} if units is None else {"bn_synthesis": units}
+
+    @property
+    def synthesis_cost(self) -> float:
+        """FP-pass units per image of a BN-statistics synthesis step: the probed ``bn_synthesis``
+        (:meth:`probe_costs`), 1 before a probe."""
+        return self.costs.get("bn_synthesis", 1.0)
 
     def phases(self, scheme: QuantScheme, is_cached: Callable[[str, dict], bool]) -> list[Phase]:
         """The long work of this configuration, for the time budget (:mod:`.schedule`): a method adds
@@ -217,7 +227,8 @@ class Method:
         if not self.synthesizes_calibration_images:
             from .synthesis import SynthesisConfig
             s = SynthesisConfig(num_images=r.images)
-            out.append(dataclasses.replace(synthesis_phase("reconstruction set", s, is_cached("synth", dataclasses.asdict(s))),
+            out.append(dataclasses.replace(synthesis_phase("reconstruction set", s, is_cached("synth", dataclasses.asdict(s)),
+                                                           self.synthesis_cost),
                                            knobs=(Knob("recon.images", min(32, r.images), 8),)))
         if self.config.reconstruct != "none":
             # a step trains one block; over all blocks a step costs RECONSTRUCTION_STEP_COST FP passes an image

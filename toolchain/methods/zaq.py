@@ -149,11 +149,11 @@ class ZAQ(Method):
         c = self.config
         warmup = [Phase("generator warm-up", c.warmup_rounds, c.student.batch_size, GENERATOR_STEP_COST,
                         (Knob("warmup_rounds", min(10, c.warmup_rounds), 5),))] if c.warmup_rounds else []
-        # a refinement step is about one teacher forward+backward (1 FP-pass unit); every Q and G step
+        # a refinement step is one BN-statistics step (synthesis_cost, probed); every Q and G step
         # also computes the feature discrepancy, whose cost an FP pass does not predict (probe_costs)
         relation = self.costs.get("relation", 0.0)
         return warmup + [Phase("adversarial rounds", c.rounds, c.student.batch_size,
-                               c.q_steps * (DISTILL_STEP_COST + c.q_refine_steps + relation)
+                               c.q_steps * (DISTILL_STEP_COST + c.q_refine_steps * self.synthesis_cost + relation)
                                + GENERATOR_STEP_COST + relation,
                                (Knob("rounds", min(20, c.rounds), 10),))] + super().phases(scheme, is_cached)
 
@@ -168,7 +168,8 @@ class ZAQ(Method):
         batch = 1  # P×P floats per map and image: 0.6 GB for a 112×112 stage (MobileNetV2)
         f_q = [torch.randn(batch, *s, device=device, requires_grad=True) for s in shapes]
         f_p = [torch.randn(batch, *s, device=device) for s in shapes]
-        return {"relation": best_seconds(lambda: feature_discrepancy(f_q, f_p).backward(), device) / batch / pass_s}
+        relation = best_seconds(lambda: feature_discrepancy(f_q, f_p).backward(), device) / batch / pass_s
+        return {**super().probe_costs(teacher, input_shape, device, pass_s), "relation": relation}
 
     def uses_bn_statistics(self) -> bool:
         """Whether a deviation reads the teacher's BN statistics (``bn_weight``, ``q_refine_steps``)."""
