@@ -494,19 +494,27 @@ def _fit_mp_synthesis(fp: FPArtifact, mp_cfg, time_budget, seed: int, device: st
     """``mp_cfg`` with its synthetic set fitted to the method's ``time_budget`` as the method's own
     synthesis is (:func:`~toolchain.methods.schedule.fit_schedule`; the plan is printed); unchanged
     without a budget or when the set is already cached."""
+    from .methods.bn_stats import BN_STEP_COST, probe_bn_step_costs
     from .methods.schedule import parse_duration, synthesis_phase
     from .quant.rewrite import fp_graph_module
     budget_s = parse_duration(time_budget)
+    costs: dict[str, float] = {}  # the probed BN-statistics step, as a method's synthesis counts it
 
     def phases_of(c):
         cached = store.done(SYNTH_STAGE, _synth_key(fp, "synth", dataclasses.asdict(c.synthesis), seed))
-        return [synthesis_phase("sensitivity set", c.synthesis, cached)]
+        return [synthesis_phase("sensitivity set", c.synthesis, cached, costs.get(BN_STEP_COST, 1.0))]
 
     if budget_s is None or phases_of(mp_cfg)[0].cached:
         return mp_cfg
     dev = resolve_device(device)
-    return _fitted(mp_cfg, phases_of, budget_s, fp_graph_module(fp.program()).to(dev).eval(), fp.meta.input_shape,
-                   dev, progress, "mixed precision ")[0]
+    teacher = fp_graph_module(fp.program()).to(dev).eval()
+
+    def probe(pass_s: float) -> dict[str, float]:
+        costs.update(probe_bn_step_costs(teacher, fp.meta.input_shape, dev, pass_s))
+        return costs
+
+    return _fitted(mp_cfg, phases_of, budget_s, teacher, fp.meta.input_shape, dev, progress, "mixed precision ",
+                   probe=probe)[0]
 
 
 def method_overrides(overrides: dict | None, size_budget: float | None) -> tuple[dict, dict]:

@@ -98,6 +98,17 @@ def teacher_with_bn_taps(ctx) -> tuple[torch.nn.Module, BNStatistics]:
     return teacher, BNStatistics(teacher).to(ctx.device)
 
 
+#: the name of the probed BN-statistics step cost in a schedule's costs (``schedule.costs``)
+BN_STEP_COST = "bn_synthesis"
+
+
+def probe_bn_step_costs(teacher: fx.GraphModule, input_shape: tuple[int, ...], device: torch.device,
+                        pass_s: float) -> dict[str, float]:
+    """``{BN_STEP_COST: units}`` from :func:`probe_bn_step_units`; empty for a model without BN."""
+    units = probe_bn_step_units(teacher, input_shape, device, pass_s)
+    return {} if units is None else {BN_STEP_COST: units}
+
+
 def probe_bn_step_units(teacher: fx.GraphModule, input_shape: tuple[int, ...], device: torch.device,
                         pass_s: float, batch: int = 16) -> float | None:
     """FP-pass units per image of one BN-statistics step on this machine: a forward of a tapped copy

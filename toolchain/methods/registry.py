@@ -201,15 +201,15 @@ class Method:
             :func:`~.bn_stats.probe_bn_step_units`; read by :attr:`synthesis_cost`) when the model
             has BatchNorm, and a method's own costs in overrides.
         """
-        from .bn_stats import probe_bn_step_units
-        units = probe_bn_step_units(teacher, input_shape, device, pass_s)
-        return {} if units is None else {"bn_synthesis": units}
+        from .bn_stats import probe_bn_step_costs
+        return probe_bn_step_costs(teacher, input_shape, device, pass_s)
 
     @property
     def synthesis_cost(self) -> float:
         """FP-pass units per image of a BN-statistics synthesis step: the probed ``bn_synthesis``
         (:meth:`probe_costs`), 1 before a probe."""
-        return self.costs.get("bn_synthesis", 1.0)
+        from .bn_stats import BN_STEP_COST
+        return self.costs.get(BN_STEP_COST, 1.0)
 
     def phases(self, scheme: QuantScheme, is_cached: Callable[[str, dict], bool]) -> list[Phase]:
         """The long work of this configuration, for the time budget (:mod:`.schedule`): a method adds
