@@ -80,8 +80,8 @@ def test_refinement_of_q_batches_counts_in_the_round_estimate(name):
 
 
 def test_synthesis_phases_count_the_probed_bn_step_cost(tmp_path):
-    """A BN-statistics step is timed, not assumed to cost one FP pass (it cost 2.5 on MobileNetV2,
-    whose synthesis ran 2.5x its estimate): the probe returns it for a model with BN, nothing
+    """A BN-statistics step is timed, not assumed to cost one FP pass (it cost 2.0 on MobileNetV2,
+    whose synthesis ran 2.4x its estimate): the probe returns it for a model with BN, nothing
     for one without, and every synthesis phase (a method's set, the reconstruction set) uses it."""
     import torch
 

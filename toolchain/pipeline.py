@@ -494,7 +494,7 @@ def _fit_mp_synthesis(fp: FPArtifact, mp_cfg, time_budget, seed: int, device: st
     """``mp_cfg`` with its synthetic set fitted to the method's ``time_budget`` as the method's own
     synthesis is (:func:`~toolchain.methods.schedule.fit_schedule`; the plan is printed); unchanged
     without a budget or when the set is already cached."""
-    from .methods.bn_stats import BN_STEP_COST, probe_bn_step_costs
+    from .methods.bn_stats import bn_step_cost, probe_bn_step_costs
     from .methods.schedule import parse_duration, synthesis_phase
     from .quant.rewrite import fp_graph_module
     budget_s = parse_duration(time_budget)
@@ -502,7 +502,7 @@ def _fit_mp_synthesis(fp: FPArtifact, mp_cfg, time_budget, seed: int, device: st
 
     def phases_of(c):
         cached = store.done(SYNTH_STAGE, _synth_key(fp, "synth", dataclasses.asdict(c.synthesis), seed))
-        return [synthesis_phase("sensitivity set", c.synthesis, cached, costs.get(BN_STEP_COST, 1.0))]
+        return [synthesis_phase("sensitivity set", c.synthesis, cached, bn_step_cost(costs))]
 
     if budget_s is None or phases_of(mp_cfg)[0].cached:
         return mp_cfg

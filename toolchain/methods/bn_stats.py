@@ -102,6 +102,12 @@ def teacher_with_bn_taps(ctx) -> tuple[torch.nn.Module, BNStatistics]:
 BN_STEP_COST = "bn_synthesis"
 
 
+def bn_step_cost(costs: dict[str, float]) -> float:
+    """FP-pass units per image of a BN-statistics step in a schedule's ``costs``: the probed
+    :data:`BN_STEP_COST`, or 1 (one FP pass) when nothing was probed."""
+    return costs.get(BN_STEP_COST, 1.0)
+
+
 def probe_bn_step_costs(teacher: fx.GraphModule, input_shape: tuple[int, ...], device: torch.device,
                         pass_s: float) -> dict[str, float]:
     """``{BN_STEP_COST: units}`` from :func:`probe_bn_step_units`; empty for a model without BN."""
@@ -116,7 +122,7 @@ def probe_bn_step_units(teacher: fx.GraphModule, input_shape: tuple[int, ...], d
     the step of ZeroQ synthesis (:func:`~.synthesis.match_bn_statistics`) and of GZNQ's, timed, not
     assumed. The per-channel batch statistics over every BN input cost about as much as the convs
     themselves: 1.85 passes on ResNet-20 and 2.0 on MobileNetV2 (Xeon, 1 thread), where the schedule
-    had counted 1 and MobileNetV2's synthesis ran 2.5x its estimate (docs/time_budget.md).
+    had counted 1 and MobileNetV2's synthesis ran 2.4x its estimate (docs/time_budget.md).
 
     Args:
         teacher: the FP GraphModule (not modified: a copy gets the taps).

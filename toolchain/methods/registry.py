@@ -208,8 +208,8 @@ class Method:
     def synthesis_cost(self) -> float:
         """FP-pass units per image of a BN-statistics synthesis step: the probed ``bn_synthesis``
         (:meth:`probe_costs`), 1 before a probe."""
-        from .bn_stats import BN_STEP_COST
-        return self.costs.get(BN_STEP_COST, 1.0)
+        from .bn_stats import bn_step_cost
+        return bn_step_cost(self.costs)
 
     def phases(self, scheme: QuantScheme, is_cached: Callable[[str, dict], bool]) -> list[Phase]:
         """The long work of this configuration, for the time budget (:mod:`.schedule`): a method adds
