@@ -151,6 +151,28 @@ def test_reconstruction_lowers_every_blocks_output_error_and_the_models(tiny):
     assert not any(isinstance(layer.weight_quant, adaround.AdaRoundWeightQuant) for layer in qm.layers().values())
 
 
+def test_learned_weight_step_sizes_move_lower_the_error_and_bake_to_exact_codes(tiny):
+    """GENIE-M: the per-channel weight scales learn with the rounding; the baked weights are still
+    codes × the (new) scale, so export reads the learned codes back unchanged."""
+    torch.manual_seed(0)
+    qm = calibrated(tiny, 3)
+    x = images(64, seed=2)
+    before_scales = {n: layer.weight_quant.scale.detach().clone() for n, layer in qm.layers().items()}
+    fixed = copy.deepcopy(qm)
+    adaround_blocks(fixed, images(32), ReconstructionConfig(steps=150, batch=16, weight_init="minmax"))
+    log = adaround_blocks(qm, images(32), ReconstructionConfig(steps=150, batch=16, weight_init="minmax",
+                                                               weight_scale_lr=1e-3))
+    assert all(b.kept and b.mse_after < b.mse_before for b in log.blocks)
+    moved = [n for n, layer in qm.layers().items() if not torch.equal(layer.weight_quant.scale, before_scales[n])]
+    assert moved, "no weight scale was learned"
+    assert all(torch.equal(fixed.layers()[n].weight_quant.scale, before_scales[n]) for n in before_scales)
+    for layer in qm.layers().values():
+        q = layer.weight_quant
+        codes = q.int_repr(layer.weight).float()
+        s = q.effective_scale().view(-1, *[1] * (codes.ndim - 1))
+        assert torch.equal(codes * s, layer.weight) and not q.scale.requires_grad
+
+
 def test_a_block_made_worse_is_restored_to_round_to_nearest(tiny, monkeypatch):
     from toolchain.methods import reconstruct as rec
     torch.manual_seed(0)

@@ -11,7 +11,9 @@ single layers elsewhere), in graph order,
    AdaRound eq. 22–24) on ``Σ_c (ŷ − y)² + λ·f_reg(β)`` (BRECQ's ``lp_loss`` with p = 2 summed
    over channels and averaged over the rest; λ = ``round_weight``; no regularizer for the first
    ``warmup`` of the steps, then β annealed linearly from ``beta_start`` to ``beta_end``), with
-   Adam (``round_lr``);
+   Adam (``round_lr``); optionally the per-channel weight step sizes learn jointly with the rounding
+   (GENIE-M, Jeon et al., CVPR 2023, sec. 3.3: ``ŵ = s·clamp(B + h(α))`` with the base
+   ``B = ⌊w/s₀⌋`` fixed at the start, Adam at ``weight_scale_lr`` with cosine decay; 0: off);
 3. the step sizes of the block's activation quantizers learn with it (LSQ gradient, Adam at
    ``scale_lr`` with cosine decay, as BRECQ's activation reconstruction; 0 keeps them fixed); the
    network input's quantizer keeps its exact range;
@@ -57,6 +59,8 @@ class ReconstructionConfig(Settings):
         images: synthetic images to reconstruct on, when the method has no synthetic set of its own.
         round_lr: Adam learning rate of the rounding logits (BRECQ: 1e-3).
         scale_lr: Adam learning rate of the activation step sizes (BRECQ: 4e-5; 0: fixed).
+        weight_scale_lr: Adam learning rate of the per-channel weight step sizes, learned with the
+            rounding (GENIE-M: 1e-4; 0: fixed, as AdaRound and BRECQ).
         round_weight: λ, the rounding regularizer's weight (BRECQ: 0.01).
         warmup: share of the steps without the regularizer (AdaRound/BRECQ: 0.2).
         beta_start, beta_end: the regularizer's β, annealed linearly after the warm-up (20 → 2).
@@ -71,6 +75,7 @@ class ReconstructionConfig(Settings):
     images: int = setting(256, ge=2)
     round_lr: float = setting(1e-3, gt=0)
     scale_lr: float = setting(4e-5, ge=0)
+    weight_scale_lr: float = setting(0.0, ge=0)
     round_weight: float = setting(0.01, ge=0)
     warmup: float = setting(0.2, ge=0, lt=1)
     beta_start: float = setting(20.0, gt=0)
@@ -197,7 +202,12 @@ def reconstruct_block(block: Block, qmodel: QuantizedModel, x_q: torch.Tensor, x
         if id(p) in params_w:
             p.requires_grad_(False)
     opt = torch.optim.Adam([a.alpha for a in ada], lr=cfg.round_lr)
-    opt_s = torch.optim.Adam(scales, lr=cfg.scale_lr) if scales else None
+    groups = [{"params": scales, "lr": cfg.scale_lr}] if scales else []
+    if cfg.weight_scale_lr > 0:
+        for a in ada:
+            a.learn_scale(True)
+        groups.append({"params": [a.scale for a in ada], "lr": cfg.weight_scale_lr})
+    opt_s = torch.optim.Adam(groups) if groups else None
     sched_s = torch.optim.lr_scheduler.CosineAnnealingLR(opt_s, cfg.steps, eta_min=0.0) if opt_s else None
     drop = _QDrop(aqs, cfg.drop)
     n = len(x_q)
