@@ -280,6 +280,30 @@ def test_parity_with_onnxruntime(exported, inputs, kind, bits):
         assert on["max_diff_lsb"] <= ON_TOLERANCE_LSB and on["agreement_top1"] >= 95.0
 
 
+def test_residual_bits_export_8bit_branch_outputs_and_keep_parity(inputs, tmp_path):
+    """--residual-bits 8 at W3A3: the tensors no layer reads (the residual branches' outputs) are
+    8-bit codes with no Clip, every Conv/Gemm still reads 3-bit codes (or the edge's 8), and the
+    fused integer graph equals the integer-exact simulation."""
+    _quantized("resnet", 3)  # builds the program once
+    qm = quantize_graph(_PROGRAMS["resnet"], QuantScheme.from_bits(3, residual_bits=8))
+    torch.manual_seed(1)
+    _calibrate(qm, torch.randn(64, *META.input_shape))
+    path = tmp_path / "r8.qdq.onnx"
+    write_qdq(qm, META, path, extra_props={"scheme": qm.scheme.to_dict(), "method": "minmax-test"})
+    read = {id(layer.input_quant) for layer in qm.layers().values()}
+    unread = [n for n, q in qm.act_quantizers().items() if id(q) not in read and n != "act_quant.input"]
+    assert unread and all(qm.act_quantizers()[n].bits == 8 for n in unread)
+    assert {layer.input_quant.bits for layer in qm.layers().values()} == {3, 8}
+    by_name = {n.name: n for n in onnx.load(str(path)).graph.node}
+    assert all(f"{n}.clip" not in by_name for n in unread)
+    on = check_parity(qm, path, inputs).to_dict()["on"]
+    assert on["reference"] == "exact"
+    if IS_X86:
+        assert on["identical"] == 100.0 and on["max_diff_lsb"] == 0.0
+    else:
+        assert on["max_diff_lsb"] <= ON_TOLERANCE_LSB and on["agreement_top1"] >= 95.0
+
+
 def _graph_pair_bounds(path) -> list[tuple[str, int]]:
     """(node, 2·qmax_act·max|w|) of every Conv/Gemm fed by DQ(uint8 codes) and DQ(int8 weights),
     read from the ONNX graph independently of toolchain.verify.machine."""

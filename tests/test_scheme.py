@@ -78,6 +78,13 @@ def test_scheme_fields_and_dict_are_unchanged():
     s = QuantScheme.from_bits(4)
     assert s.to_dict() == {"wbits": 4, "abits": 4, "first_last_bits": 8, "target": "portable"}
     assert QuantScheme(**s.to_dict()) == s
+    r = QuantScheme.from_bits(4, residual_bits=8)
+    assert r.to_dict()["residual_bits"] == 8 and QuantScheme(**r.to_dict()) == r and r.tag == "w4a4-fl8-r8"
+    assert QuantScheme.from_bits(4, residual_bits=4) == s  # the same as leaving it out: one cache key
+    with pytest.raises(ConfigError, match="--residual-bits must be an integer"):
+        QuantScheme.from_bits(4, residual_bits=9)
+    with pytest.raises(ConfigError, match="--residual-bits needs the deploy scheme"):
+        QuantScheme.from_bits(4, residual_bits=8, protocol="paper")
 
 
 def test_scheme_maps_roles_to_specs():
@@ -89,8 +96,10 @@ def test_scheme_maps_roles_to_specs():
     assert s.spec("edge_act.signed") == shifted_act_spec(6)
     assert s.spec("weight") == weight_spec(4)
     assert s.spec("edge_weight") == weight_spec(6)
+    assert s.spec("unread_act.signed") == shifted_act_spec(3)  # abits unless residual_bits is set
+    assert QuantScheme(wbits=4, abits=3, residual_bits=8).spec("unread_act.signed") == shifted_act_spec(8)
     assert set(ROLES) == {"input", "act.unsigned", "act.signed", "edge_act.unsigned", "edge_act.signed",
-                          "weight", "edge_weight"}
+                          "unread_act.unsigned", "unread_act.signed", "weight", "edge_weight"}
     with pytest.raises(ConfigError, match="unknown tensor role 'bias'"):
         s.spec("bias")
 
@@ -99,6 +108,8 @@ def test_role_helpers():
     assert activation_role(unsigned=True, edge=False) == "act.unsigned"
     assert activation_role(unsigned=False, edge=True) == "edge_act.signed"
     assert activation_role(unsigned=True, edge=True, network_input=True) == "input"
+    assert activation_role(unsigned=False, edge=False, unread=True) == "unread_act.signed"
+    assert activation_role(unsigned=False, edge=True, unread=True) == "edge_act.signed"  # edge wins
     assert [weight_role(r) for r in ("", "first", "last", "first+last")] == \
         ["weight", "edge_weight", "edge_weight", "edge_weight"]
     with pytest.raises(ConfigError, match="unknown layer position 'middle'"):
@@ -193,7 +204,23 @@ def test_rewrite_builds_every_quantizer_from_the_scheme(target):
     assert layers["conv"].weight_quant.bits == narrowed           # first layer, 8-bit input
     assert layers["fc"].weight_quant.bits == narrowed             # last layer
     assert layers["dw"].weight_quant.bits == 4 and layers["conv2"].weight_quant.bits == 4
+    assert aq["act_quant.conv2"].spec == shifted_act_spec(4)  # the residual branch's output: abits
     for layer in layers.values():   # the weight quantizer is min-max initialized at its final width
         w = layer.weight.detach()
         amax = w.abs().amax(dim=tuple(range(1, w.ndim)))
         assert torch.equal(layer.weight_quant.scale.detach(), (amax / layer.weight_quant.qmax).clamp_min(1e-8))
+
+
+def test_residual_bits_widen_only_the_tensors_no_layer_reads():
+    """--residual-bits 8: the branch output before the Add gets 8 bits; every Conv/Linear input keeps
+    its width, and the layers (weights, input grids) are exactly those of the plain scheme."""
+    ep = torch.export.export(_Net().eval(), (torch.randn(2, 3, 8, 8),))
+    plain = quantize_graph(ep, QuantScheme.from_bits(4))
+    wide = quantize_graph(ep, QuantScheme.from_bits(4, residual_bits=8))
+    a, b = plain.act_quantizers(), wide.act_quantizers()
+    unread = {"act_quant.conv2", "act_quant.add"}  # the branch output; the sum, read only by the pool
+    for n in unread:
+        assert b[n].spec == shifted_act_spec(8) and a[n].spec == shifted_act_spec(4), n
+    assert {n: q.spec for n, q in a.items() if n not in unread} == {n: q.spec for n, q in b.items() if n not in unread}
+    assert {n: (l.weight_quant.spec, l.input_quant.spec) for n, l in plain.layers().items()} == \
+        {n: (l.weight_quant.spec, l.input_quant.spec) for n, l in wide.layers().items()}

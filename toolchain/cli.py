@@ -119,6 +119,9 @@ BitsOpt = typer.Option(8, "--bits", "-b", help="Weight and activation bit width 
 WbitsOpt = typer.Option(None, "--wbits", help="Weight bit width (overrides --bits).")
 AbitsOpt = typer.Option(None, "--abits", help="Activation bit width (overrides --bits).")
 FLOpt = typer.Option(8, "--first-last-bits", help="Bit width of the first and last layers (weights and input activations, the network input included).")
+ResidualOpt = typer.Option(None, "--residual-bits", help="Bit width of activations no Conv/Linear reads (a residual "
+                           "branch's output before its Add); default: the activation width. 8 costs nothing on "
+                           "onnxruntime; every layer still reads --abits codes.")
 #: the registered targets as a typer choice (``--help`` lists them; a bad value is a one-line error)
 TargetChoice = enum.Enum("TargetChoice", {n: n for n in TARGETS}, type=str)
 StrictOpt = typer.Option(False, "--strict", help="Refuse a model holding ops zqtool has no quantized form "
@@ -184,14 +187,16 @@ def _with_time_budget(set_: list[str] | None, time_budget: str | None) -> list[s
 
 
 def _quant_options(method, bits, wbits, abits, first_last_bits, budget, recipe, set_, seed, device,
-                   target=DEFAULT_TARGET, strict: bool = False, scheme: str | None = None) -> dict:
+                   target=DEFAULT_TARGET, strict: bool = False, scheme: str | None = None,
+                   residual_bits: int | None = None) -> dict:
     from .methods.config import parse_overrides
     from .methods.recipes import BUDGETS
     from .quant.scheme import QuantScheme
     if budget not in BUDGETS and recipe is None:
         raise ConfigError(f"--budget must be one of {', '.join(BUDGETS)}, got {budget!r}")
     target, budget, device, method = _v(target), _v(budget), _v(device), _v(method)
-    return {"method": method, "scheme": QuantScheme.from_bits(bits, wbits, abits, first_last_bits, target, _v(scheme)),
+    return {"method": method, "scheme": QuantScheme.from_bits(bits, wbits, abits, first_last_bits, target, _v(scheme),
+                                                                 residual_bits),
             "budget": budget, "recipe": recipe, "overrides": parse_overrides(set_), "seed": seed,
             "device": device, "strict": strict}
 
@@ -244,7 +249,7 @@ def load(model: Path = ModelArg, arch: Optional[str] = ArchOpt, input_shape: Opt
 @handle_errors
 def quantize(model: Path = ModelArg, method: MethodChoice = MethodOpt, bits: int = BitsOpt, wbits: Optional[int] = WbitsOpt,
              abits: Optional[int] = AbitsOpt, first_last_bits: int = FLOpt, target: TargetChoice = TargetOpt,
-             scheme: SchemeChoice = SchemeOpt, budget: BudgetChoice = BudgetOpt,
+             residual_bits: Optional[int] = ResidualOpt, scheme: SchemeChoice = SchemeOpt, budget: BudgetChoice = BudgetOpt,
              recipe: Optional[Path] = RecipeOpt, set_: Optional[List[str]] = SetOpt, seed: int = SeedOpt,
              device: DeviceChoice = DeviceOpt, arch: Optional[str] = ArchOpt, input_shape: Optional[str] = ShapeOpt,
              mean: Optional[str] = MeanOpt, std: Optional[str] = StdOpt, num_classes: Optional[int] = ClassesOpt,
@@ -256,7 +261,7 @@ def quantize(model: Path = ModelArg, method: MethodChoice = MethodOpt, bits: int
     from .pipeline import export_format, load_stage, method_overrides, mixed_precision_stage, quantize_stage
     store = Store(out)
     opts = _quant_options(method, bits, wbits, abits, first_last_bits, budget, recipe,
-                          _with_time_budget(set_, time_budget), seed, device, target, strict, scheme)
+                          _with_time_budget(set_, time_budget), seed, device, target, strict, scheme, residual_bits)
     opts["overrides"], mp_overrides = method_overrides(opts["overrides"], size_budget)
     if size_budget is not None:
         from .quant.allocate import check_size_budget
@@ -439,7 +444,7 @@ def verify(onnx_model: Path = typer.Argument(..., help="The QDQ ONNX model (mode
 @handle_errors
 def run(model: Path = ModelArg, data: Path = DataOpt, method: MethodChoice = MethodOpt, bits: int = BitsOpt,
         wbits: Optional[int] = WbitsOpt, abits: Optional[int] = AbitsOpt, first_last_bits: int = FLOpt,
-        target: TargetChoice = TargetOpt, scheme: SchemeChoice = SchemeOpt,
+        residual_bits: Optional[int] = ResidualOpt, target: TargetChoice = TargetOpt, scheme: SchemeChoice = SchemeOpt,
         budget: BudgetChoice = BudgetOpt, recipe: Optional[Path] = RecipeOpt, set_: Optional[List[str]] = SetOpt,
         seed: int = SeedOpt, device: DeviceChoice = DeviceOpt, fmt: Optional[FormatChoice] = RunFormatOpt,
         threads: int = ThreadsOpt,
@@ -455,13 +460,14 @@ def run(model: Path = ModelArg, data: Path = DataOpt, method: MethodChoice = Met
     report = _run(run_fn, model, data, Store(out), method, bits, wbits, abits, first_last_bits, budget, recipe,
                   _with_time_budget(set_, time_budget), seed, device, fmt, threads, limit, latency_runs, parity_images,
                   _load_options(arch, input_shape, mean, std, num_classes, trust_pickle), target, strict,
-                  size_budget, scheme)
+                  size_budget, scheme, residual_bits)
     _write_json(json_path, report.to_dict())
 
 
 def _run(run_fn, model, data, store, method, bits, wbits, abits, fl, budget, recipe, set_, seed, device, fmt,
          threads, limit, latency_runs, parity_images, load_options, target=DEFAULT_TARGET,
-         strict: bool = False, size_budget: float | None = None, scheme: str | None = None):
+         strict: bool = False, size_budget: float | None = None, scheme: str | None = None,
+         residual_bits: int | None = None):
     """Run the pipeline with progress and stage lines, print its report; returns the RunReport
     (a SimulatedRunReport for a simulation-only scheme)."""
     from .reports import SimulatedRunReport
@@ -472,7 +478,7 @@ def _run(run_fn, model, data, store, method, bits, wbits, abits, fl, budget, rec
                         latency_runs=latency_runs, parity_images=parity_images, store=store, progress=progress,
                         on_stage=_stage_line(""), size_budget=size_budget,
                         **_quant_options(method, bits, wbits, abits, fl, budget, recipe, set_, seed, device,
-                                         target, strict, scheme))
+                                         target, strict, scheme, residual_bits))
     if isinstance(report, SimulatedRunReport):
         _print_simulation(report)
         return report

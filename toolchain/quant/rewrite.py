@@ -338,6 +338,13 @@ def _is_edge(qn: fx.Node, layers: dict, output_nodes: set[fx.Node]) -> bool:
         or any(c in output_nodes or c.op == "output" for c in consumers)
 
 
+def _read_by_no_layer(qn: fx.Node, layers: dict) -> bool:
+    """Whether quantizer node ``qn``'s tensor is read by other ops but by no Conv/Linear (through
+    grid-preserving ops): a residual branch's output before its Add."""
+    consumers = _consumers_on_grid(qn)
+    return bool(consumers) and not any(c in layers for c in consumers)
+
+
 def _set_specs(gm: fx.GraphModule, ins: _Inserter, layers: dict, input_q: fx.Node, scheme: QuantScheme) -> None:
     """Ask the scheme for every quantizer's spec by its tensor's role, build the quantizers, link
     each layer to its input quantizer.
@@ -361,7 +368,7 @@ def _set_specs(gm: fx.GraphModule, ins: _Inserter, layers: dict, input_q: fx.Nod
     fx.node.map_arg(out_node.args, lambda a: output_nodes.add(a))
     act_specs: dict[fx.Node, QuantSpec] = {
         qn: scheme.spec(activation_role(unsigned=ins.unsigned[qn], edge=_is_edge(qn, layers, output_nodes),
-                                        network_input=qn is input_q))
+                                        network_input=qn is input_q, unread=_read_by_no_layer(qn, layers)))
         for qn in ins.qnodes.values()}
     linked = scheme.rules.quantize_bias  # an int32 bias needs the input's scale; else the bias stays float
     for n, layer in layers.items():

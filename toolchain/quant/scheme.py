@@ -28,6 +28,8 @@ MIN_BITS, MAX_BITS = 2, 8
 
 #: tensor role → (what it is, its spec on a scheme). "Edge" tensors are the inputs of the first
 #: and last Conv/Linear layers and the tensors the graph output reads; they get ``first_last_bits``.
+#: "Unread" tensors are inner activations no Conv/Linear reads (a residual branch's conv output
+#: before its Add); they get ``residual_bits`` (``abits`` unless set).
 ROLES: dict[str, tuple[str, Callable[["QuantScheme"], QuantSpec]]] = {
     "input": ("the network input (any sign)", lambda s: shifted_act_spec(s.first_last_bits)),
     "act.unsigned": ("an inner activation known to be >= 0 (after ReLU/ReLU6)",
@@ -36,28 +38,37 @@ ROLES: dict[str, tuple[str, Callable[["QuantScheme"], QuantSpec]]] = {
                    lambda s: shifted_act_spec(s.abits)),
     "edge_act.unsigned": ("an edge activation known to be >= 0", lambda s: unsigned_act_spec(s.first_last_bits)),
     "edge_act.signed": ("an edge activation of any sign", lambda s: shifted_act_spec(s.first_last_bits)),
+    "unread_act.unsigned": ("an inner activation >= 0 that no Conv/Linear reads",
+                            lambda s: unsigned_act_spec(s.unread_bits)),
+    "unread_act.signed": ("an inner activation of any sign that no Conv/Linear reads (a residual "
+                          "branch's output before its Add)", lambda s: shifted_act_spec(s.unread_bits)),
     "weight": ("the weights of an inner Conv/Linear layer", lambda s: weight_spec(s.wbits)),
     "edge_weight": ("the weights of the first or last Conv/Linear layer", lambda s: weight_spec(s.first_last_bits)),
 }
 
-#: (edge, known >= 0) → the role of an activation other than the network input
-ACTIVATION_ROLES: dict[tuple[bool, bool], str] = {
-    (False, True): "act.unsigned", (False, False): "act.signed",
-    (True, True): "edge_act.unsigned", (True, False): "edge_act.signed",
+#: (edge, read by no Conv/Linear, known >= 0) → the role of an activation other than the network
+#: input (an edge tensor keeps its edge role)
+ACTIVATION_ROLES: dict[tuple[bool, bool, bool], str] = {
+    (False, False, True): "act.unsigned", (False, False, False): "act.signed",
+    (False, True, True): "unread_act.unsigned", (False, True, False): "unread_act.signed",
+    (True, False, True): "edge_act.unsigned", (True, False, False): "edge_act.signed",
+    (True, True, True): "edge_act.unsigned", (True, True, False): "edge_act.signed",
 }
 
 #: under a uniform-bits protocol (``paper``) each edge role reads as its inner role
 UNIFORM_ROLE: dict[str, str] = {"edge_weight": "weight", "edge_act.unsigned": "act.unsigned",
-                                "edge_act.signed": "act.signed", "input": "act.signed"}
+                                "edge_act.signed": "act.signed", "input": "act.signed",
+                                "unread_act.unsigned": "act.unsigned", "unread_act.signed": "act.signed"}
 
 #: a layer's position (``QuantLayer.role``: no Conv/Linear before it / after it) → its weight role
 WEIGHT_ROLE_OF_LAYER: dict[str, str] = {"": "weight", "first": "edge_weight", "last": "edge_weight",
                                         "first+last": "edge_weight"}
 
 
-def activation_role(*, unsigned: bool, edge: bool, network_input: bool = False) -> str:
-    """The role of an activation: ``"input"`` for the network input, else by :data:`ACTIVATION_ROLES`."""
-    return "input" if network_input else ACTIVATION_ROLES[bool(edge), bool(unsigned)]
+def activation_role(*, unsigned: bool, edge: bool, network_input: bool = False, unread: bool = False) -> str:
+    """The role of an activation: ``"input"`` for the network input, else by :data:`ACTIVATION_ROLES`
+    (``unread``: no Conv/Linear reads the tensor)."""
+    return "input" if network_input else ACTIVATION_ROLES[bool(edge), bool(unread), bool(unsigned)]
 
 
 def weight_role(layer_role: str) -> str:
@@ -98,6 +109,13 @@ class QuantScheme:
             papers' protocol, simulation only: :mod:`.protocol`). Under ``paper`` every layer and
             activation gets ``wbits`` / ``abits`` (``first_last_bits`` is ignored) and the target's
             rule does not apply (nothing is exported). Left out of :meth:`to_dict` when ``deploy``.
+        residual_bits: bit width of inner activations that no Conv/Linear reads — a residual
+            branch's conv output before its Add (and a Concat/Pool input read only there). None
+            (the default): ``abits``, every inner activation alike. 8 keeps those tensors on the
+            8-bit grid QLinearConv writes anyway (no cost on onnxruntime) while every Conv/Linear
+            still reads ``abits`` codes, the reading of "A4" in BRECQ and GENIE, whose fake-quant
+            models quantize layer inputs only and leave the branch output in float. Left out of
+            :meth:`to_dict` when None.
 
     Raises:
         ConfigError: a bit width outside 2..8, an unknown target or protocol, a malformed or
@@ -110,10 +128,13 @@ class QuantScheme:
     target: str = DEFAULT_TARGET
     layer_wbits: tuple[tuple[str, int], ...] = ()
     protocol: str = DEFAULT_PROTOCOL
+    residual_bits: int | None = None
 
     def __post_init__(self):
-        for name in ("wbits", "abits", "first_last_bits"):
+        for name in ("wbits", "abits", "first_last_bits", "residual_bits"):
             v = getattr(self, name)
+            if v is None and name == "residual_bits":
+                continue
             if not isinstance(v, int) or not MIN_BITS <= v <= MAX_BITS:
                 raise ConfigError(
                     f"--{name.replace('_', '-')} must be an integer in {MIN_BITS}..{MAX_BITS}, got {v!r}",
@@ -122,9 +143,17 @@ class QuantScheme:
         get_target(self.target)
         get_protocol(self.protocol)
         object.__setattr__(self, "layer_wbits", _layer_widths(self.layer_wbits))
+        if self.residual_bits is not None and self.rules.uniform_bits:
+            raise ConfigError(f"--residual-bits needs the deploy scheme, not {self.protocol!r}",
+                              "the paper protocol quantizes activations after ReLU only; drop one of the two")
         if self.layer_wbits and not self.rules.exportable:
             raise ConfigError(f"per-layer weight widths (--size-budget) need the deploy scheme, not {self.protocol!r}",
                               "mixed precision sizes an exported file; drop --scheme paper or --size-budget")
+
+    @property
+    def unread_bits(self) -> int:
+        """The width of activations no Conv/Linear reads: :attr:`residual_bits`, else ``abits``."""
+        return self.abits if self.residual_bits is None else self.residual_bits
 
     @property
     def rules(self) -> Protocol:
@@ -201,13 +230,16 @@ class QuantScheme:
     @classmethod
     def from_bits(cls, bits: int | None = None, wbits: int | None = None,
                   abits: int | None = None, first_last_bits: int | None = 8,
-                  target: str | None = None, protocol: str | None = None) -> "QuantScheme":
-        """Resolve the CLI's ``--bits/--wbits/--abits/--first-last-bits/--target``: specific flags win.
+                  target: str | None = None, protocol: str | None = None,
+                  residual_bits: int | None = None) -> "QuantScheme":
+        """Resolve the CLI's ``--bits/--wbits/--abits/--first-last-bits/--target/--residual-bits``:
+        specific flags win.
 
         Raises:
             ConfigError: naming the flag the user gave (``--bits`` before the widths it sets).
         """
-        for flag, v in (("bits", bits), ("wbits", wbits), ("abits", abits), ("first_last_bits", first_last_bits)):
+        for flag, v in (("bits", bits), ("wbits", wbits), ("abits", abits), ("first_last_bits", first_last_bits),
+                        ("residual_bits", residual_bits)):
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or not MIN_BITS <= v <= MAX_BITS):
                 raise ConfigError(f"--{flag.replace('_', '-')} must be an integer in {MIN_BITS}..{MAX_BITS}, got {v!r}",
                                   f"8-bit containers hold every width from {MIN_BITS} to {MAX_BITS}; "
@@ -219,27 +251,33 @@ class QuantScheme:
         protocol = protocol or DEFAULT_PROTOCOL
         if get_protocol(protocol).uniform_bits:
             fl = w  # every layer at N bits; stored so that the tag and the cache key say so
-        return cls(wbits=w, abits=a, first_last_bits=fl, target=target or DEFAULT_TARGET, protocol=protocol)
+        return cls(wbits=w, abits=a, first_last_bits=fl, target=target or DEFAULT_TARGET, protocol=protocol,
+                   residual_bits=None if residual_bits == a else residual_bits)
 
     @property
     def tag(self) -> str:
         """Short name such as ``w4a4`` (``-fl8`` suffix when first/last differ); with per-layer widths
         ``w4-8a8-mp`` (the narrowest and widest listed width, then ``-mp``; ``-fl`` as before when
-        first/last differ from the activations); ``w4a4-paper`` under the paper protocol."""
+        first/last differ from the activations); ``w4a4-paper`` under the paper protocol; a ``-r8``
+        suffix when :attr:`residual_bits` is set."""
         if self.rules.uniform_bits:
             return f"w{self.wbits}a{self.abits}-{self.protocol}"
+        r = "" if self.residual_bits is None else f"-r{self.residual_bits}"
         if self.layer_wbits:
             widths = sorted(set(self.layer_widths.values()))
             w = f"{widths[0]}" if len(widths) == 1 else f"{widths[0]}-{widths[-1]}"
-            return f"w{w}a{self.abits}-mp" + (f"-fl{self.first_last_bits}" if self.first_last_bits != self.abits else "")
+            return f"w{w}a{self.abits}-mp" + (f"-fl{self.first_last_bits}" if self.first_last_bits != self.abits else "") + r
         t = f"w{self.wbits}a{self.abits}"
         if self.first_last_bits not in (self.wbits,) or self.first_last_bits != self.abits:
             t += f"-fl{self.first_last_bits}"
-        return t
+        return t + r
 
     def to_dict(self) -> dict:
-        """The scheme as JSON: its fields; ``layer_wbits`` as ``[[path, bits], ...]``, only when set."""
+        """The scheme as JSON: its fields; ``layer_wbits`` as ``[[path, bits], ...]`` and
+        ``residual_bits``, only when set."""
         d = asdict(self)
+        if self.residual_bits is None:
+            del d["residual_bits"]  # caches of schemes without it keep their keys
         if self.protocol == DEFAULT_PROTOCOL:
             del d["protocol"]  # deploy-scheme caches keep their keys
         if not self.layer_wbits:
