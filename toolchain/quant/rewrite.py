@@ -330,18 +330,16 @@ def _feeds_only_output(n: fx.Node) -> bool:
     return all(u.op == "output" for u in n.users)
 
 
-def _is_edge(qn: fx.Node, layers: dict, output_nodes: set[fx.Node]) -> bool:
-    """Whether quantizer node ``qn`` feeds a first/last layer or the graph output (through
-    grid-preserving ops): its tensor gets ``first_last_bits``."""
-    consumers = _consumers_on_grid(qn)
+def _is_edge(consumers: list[fx.Node], layers: dict, output_nodes: set[fx.Node]) -> bool:
+    """Whether a quantizer whose ops on grid are ``consumers`` (:func:`_consumers_on_grid`) feeds a
+    first/last layer or the graph output: its tensor gets ``first_last_bits``."""
     return any(c in layers and layers[c].role for c in consumers) \
         or any(c in output_nodes or c.op == "output" for c in consumers)
 
 
-def _read_by_no_layer(qn: fx.Node, layers: dict) -> bool:
-    """Whether quantizer node ``qn``'s tensor is read by other ops but by no Conv/Linear (through
-    grid-preserving ops): a residual branch's output before its Add."""
-    consumers = _consumers_on_grid(qn)
+def _read_by_no_layer(consumers: list[fx.Node], layers: dict) -> bool:
+    """Whether a quantizer whose ops on grid are ``consumers`` feeds other ops but no Conv/Linear:
+    a residual branch's output before its Add."""
     return bool(consumers) and not any(c in layers for c in consumers)
 
 
@@ -366,10 +364,11 @@ def _set_specs(gm: fx.GraphModule, ins: _Inserter, layers: dict, input_q: fx.Nod
     output_nodes: set[fx.Node] = set()
     out_node = next(n for n in gm.graph.nodes if n.op == "output")
     fx.node.map_arg(out_node.args, lambda a: output_nodes.add(a))
+    consumers = {qn: _consumers_on_grid(qn) for qn in ins.qnodes.values()}
     act_specs: dict[fx.Node, QuantSpec] = {
-        qn: scheme.spec(activation_role(unsigned=ins.unsigned[qn], edge=_is_edge(qn, layers, output_nodes),
-                                        network_input=qn is input_q, unread=_read_by_no_layer(qn, layers)))
-        for qn in ins.qnodes.values()}
+        qn: scheme.spec(activation_role(unsigned=ins.unsigned[qn], edge=_is_edge(c, layers, output_nodes),
+                                        network_input=qn is input_q, unread=_read_by_no_layer(c, layers)))
+        for qn, c in consumers.items()}
     linked = scheme.rules.quantize_bias  # an int32 bias needs the input's scale; else the bias stays float
     for n, layer in layers.items():
         if not linked:

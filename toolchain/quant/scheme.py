@@ -46,14 +46,6 @@ ROLES: dict[str, tuple[str, Callable[["QuantScheme"], QuantSpec]]] = {
     "edge_weight": ("the weights of the first or last Conv/Linear layer", lambda s: weight_spec(s.first_last_bits)),
 }
 
-#: (edge, read by no Conv/Linear, known >= 0) → the role of an activation other than the network
-#: input (an edge tensor keeps its edge role)
-ACTIVATION_ROLES: dict[tuple[bool, bool, bool], str] = {
-    (False, False, True): "act.unsigned", (False, False, False): "act.signed",
-    (False, True, True): "unread_act.unsigned", (False, True, False): "unread_act.signed",
-    (True, False, True): "edge_act.unsigned", (True, False, False): "edge_act.signed",
-    (True, True, True): "edge_act.unsigned", (True, True, False): "edge_act.signed",
-}
 
 #: under a uniform-bits protocol (``paper``) each edge role reads as its inner role
 UNIFORM_ROLE: dict[str, str] = {"edge_weight": "weight", "edge_act.unsigned": "act.unsigned",
@@ -66,9 +58,13 @@ WEIGHT_ROLE_OF_LAYER: dict[str, str] = {"": "weight", "first": "edge_weight", "l
 
 
 def activation_role(*, unsigned: bool, edge: bool, network_input: bool = False, unread: bool = False) -> str:
-    """The role of an activation: ``"input"`` for the network input, else by :data:`ACTIVATION_ROLES`
-    (``unread``: no Conv/Linear reads the tensor)."""
-    return "input" if network_input else ACTIVATION_ROLES[bool(edge), bool(unread), bool(unsigned)]
+    """The role of an activation: ``"input"`` for the network input, else ``<kind>.<sign>`` — kind
+    ``edge_act`` (an edge tensor keeps it even when ``unread``), ``unread_act`` (no Conv/Linear reads
+    the tensor) or ``act``; sign ``unsigned`` (known >= 0) or ``signed``."""
+    if network_input:
+        return "input"
+    kind = "edge_act" if edge else "unread_act" if unread else "act"
+    return f"{kind}.{'unsigned' if unsigned else 'signed'}"
 
 
 def weight_role(layer_role: str) -> str:
